@@ -1,0 +1,143 @@
+"""Where gradients are made: exact BPTT and the one online loop every learning rule runs through.
+
+``sequence_gradients(name, model, x, y)`` is the public entry point (SPEC §2–§3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .rules import COMPOSITES, RULES
+from .snn import SNN, READOUTS, SequenceStats, step_loss_and_error, surrogate
+
+ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
+
+
+def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) for p in model.parameters()]
+
+
+def online_pass(
+    model: SNN,
+    rule_names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    readout: str,
+    bias_trace: bool = False,
+    on_step: Callable[[list[torch.Tensor]], None] | None = None,
+):
+    """Run the network forward once over x (T, B, N_in), driving one rule per layer.
+
+    Per step: each layer's LIF step and trace update, the output error, one spatial sweep down
+    the layers (e^{l−1} = Wᵀ(e ⊙ m)); nothing flows back in time and no graph is kept.
+    Offline (``on_step`` None): returns G = (1/T)·Σ_t g_t. Online: ``on_step(g_t)`` is called
+    every step (it applies the optimizer) and the buffers are cleared after it.
+    Returns (gradients aligned with ``model.parameters()``, SequenceStats).
+    """
+    T, B, _ = x.shape
+    layers = model.layers
+    grads = _zeros_like_params(model)
+    grad_w, grad_b = grads[0::2], grads[1::2]
+    with torch.no_grad():
+        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace)
+                 for name, layer in zip(rule_names, layers)]
+        us = [x.new_zeros(B, layer.n_out) for layer in layers]
+        spike_sums = [x.new_zeros(()) for _ in layers]
+        counts = x.new_zeros(B, model.sizes[-1])
+        o = x.new_zeros(B, model.sizes[-1])
+        loss_sum = x.new_zeros(())
+        for t in range(T):
+            a = x[t]
+            for i, (layer, rule) in enumerate(zip(layers, rules)):
+                v, s, us[i] = model.lif(layer, us[i], a)
+                rule.update(a, surrogate(v, model.threshold, model.slope))
+                spike_sums[i] += s.sum()
+                a = s
+            counts += a
+            if readout == "trace":
+                z = o.mul_(model.beta).add_(a)
+            else:
+                z = a
+            loss_t, e = step_loss_and_error(z, y)
+            loss_sum += loss_t
+            for i in range(len(layers) - 1, -1, -1):
+                rules[i].accumulate(e, grad_w[i], grad_b[i])
+                if i:
+                    e = (e * rules[i].modulation()) @ layers[i].weight
+            if on_step is not None:
+                on_step(grads)
+                for g in grads:
+                    g.zero_()
+        if on_step is None:
+            for g in grads:
+                g.div_(T)
+    rates = [float(s) / (T * B * layer.n_out) for s, layer in zip(spike_sums, layers)]
+    return grads, SequenceStats(float(loss_sum) / T, counts, rates)
+
+
+def bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str):
+    """Exact reverse-mode gradient of J through time (reset path included)."""
+    params = list(model.parameters())
+    with torch.enable_grad():
+        logits, spikes, rates = model(x, readout)
+        loss = model.sequence_loss(logits, y)
+        grads = torch.autograd.grad(loss, params)
+    return list(grads), SequenceStats(float(loss.detach()), spikes.detach().sum(0), rates)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An ``algorithm=`` choice: BPTT, or a composite of per-layer rules (SPEC §2)."""
+
+    name: str
+    readout: str
+    bias_trace: bool = False
+
+    @property
+    def is_bptt(self) -> bool:
+        return self.name == "bptt"
+
+    def rule_names(self, depth: int) -> list[str]:
+        hidden, output, _ = COMPOSITES[self.name]
+        return [hidden] * (depth - 1) + [output]
+
+    def gradients(self, model: SNN, x, y) -> tuple[list[torch.Tensor], SequenceStats]:
+        """Offline sequence gradient G at the current parameters, aligned with parameters()."""
+        if self.is_bptt:
+            return bptt_pass(model, x, y, self.readout)
+        return online_pass(model, self.rule_names(model.depth), x, y, self.readout,
+                           self.bias_trace)
+
+    def train_online(self, model: SNN, x, y, on_step) -> SequenceStats:
+        """Online mode: ``on_step(g_t)`` applies an optimizer step at every time step."""
+        if self.is_bptt:
+            raise ValueError("BPTT has no online mode: use trainer.update=offline")
+        return online_pass(model, self.rule_names(model.depth), x, y, self.readout,
+                           self.bias_trace, on_step)[1]
+
+    def reference(self) -> "Algorithm":
+        """BPTT of this algorithm's own objective (same logits), for alignment (SPEC §4)."""
+        return Algorithm("bptt", self.readout)
+
+
+def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = False) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    if readout is None:
+        readout = "spikes" if name == "bptt" else COMPOSITES[name][2]
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+    if name != "bptt" and readout != COMPOSITES[name][2]:
+        raise ValueError(f"algorithm {name!r} is defined with {COMPOSITES[name][2]!r} logits, "
+                         f"not {readout!r} (SPEC §2)")
+    return Algorithm(name, readout, bool(bias_trace))
+
+
+def sequence_gradients(name: str, model: SNN, x: torch.Tensor, y: torch.Tensor,
+                       readout: str | None = None, bias_trace: bool = False) -> dict:
+    """The offline sequence gradient of algorithm ``name`` at the model's current parameters,
+    as {parameter name: tensor}; the parameters and their ``.grad`` are left untouched."""
+    grads, _ = build_algorithm(name, readout, bias_trace).gradients(model, x, y)
+    return {n: g for (n, _), g in zip(model.named_parameters(), grads)}

@@ -1,0 +1,177 @@
+"""Config schemas (structured configs in Hydra's ConfigStore) and value checks.
+
+The YAML files under ``conf/`` pick a choice per group; these dataclasses give every group its
+types, so a wrong type or an unknown key fails before any work with the key named. Range checks
+that types cannot express live in `validate`, which answers with a sentence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from .snn import DEFAULT_BETA
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or inconsistent; the message names the key."""
+
+
+@dataclass
+class RandmanConfig:
+    name: str = "randman"
+    num_classes: int = 10
+    num_units: int = 50
+    num_steps: int = 50
+    dim_manifold: int = 3
+    alpha: float = 1.0
+    test_samples_per_class: int = 1000
+    manifold_seed: int = 42
+
+
+@dataclass
+class SHDConfig:
+    name: str = "shd"
+    root: Optional[str] = None           # None: $OTPE_DATA, else ~/.cache/otpe-cli/data
+    num_classes: int = 20
+    num_channels: int = 700
+    binning: str = "stretch"             # stretch: n_time_bins over each sample's duration; fixed: dt grid
+    num_steps: int = 50                  # bins for ``stretch``
+    dt: float = 0.01                     # seconds per bin for ``fixed``
+    t_max: float = 1.0                   # seconds covered by ``fixed``
+    pool: int = 1                        # channel pooling factor (700 → 700/pool)
+    val_fraction: float = 0.1            # first fraction of the training file held out
+    cache: bool = True
+    download: bool = True                # let tonic download when files are absent
+
+
+@dataclass
+class EncodingConfig:
+    name: str = "rate"
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 3
+    width: int = 128
+    beta: float = DEFAULT_BETA
+    threshold: float = 1.0
+    slope: float = 25.0
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "otpe"
+    readout: Optional[str] = None         # None: the composite's own logits (SPEC §2)
+    bias_trace: bool = False              # give OTTT / A-OTPE bias gradients a temporal factor
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamax"
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "otpe-cli"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    run_name: Optional[str] = None
+    mode: str = "offline"
+
+
+@dataclass
+class TrainerConfig:
+    iterations: int = 300
+    batch_size: int = 128
+    eval_every: int = 100
+    log_every: int = 10
+    align_every: int = 50
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    update: str = "offline"
+    eval_batch_size: int = 2000
+    on_nan: str = "stop"
+    progress: str = "auto"               # auto: a live bar in a terminal, plain lines otherwise
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="schema/dataset", name="randman", node=RandmanConfig)
+    cs.store(group="schema/dataset", name="shd", node=SHDConfig)
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}.")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
+
+
+def validate(cfg) -> None:
+    """Refuse out-of-range or inconsistent values with one sentence naming the key."""
+    from .algorithms import ALGORITHMS
+
+    m, t, o, a, d = cfg.model, cfg.trainer, cfg.optimizer, cfg.algorithm, cfg.dataset
+    _positive("model.depth", m.depth)
+    _positive("model.width", m.width)
+    _positive("model.threshold", m.threshold)
+    _positive("model.slope", m.slope)
+    if not 0.0 <= m.beta < 1.0:
+        raise ConfigError(f"model.beta={m.beta} is out of range: the leak must lie in [0, 1).")
+    _choice("algorithm.name", a.name, ALGORITHMS)
+    if a.readout is not None:
+        _choice("algorithm.readout", a.readout, ("spikes", "trace"))
+    _choice("optimizer.name", o.name, ("adamax", "adam", "sgd"))
+    _positive("optimizer.lr", o.lr)
+    _positive("optimizer.weight_decay", o.weight_decay, allow_zero=True)
+    _positive("trainer.iterations", t.iterations)
+    _positive("trainer.batch_size", t.batch_size)
+    _positive("trainer.eval_batch_size", t.eval_batch_size)
+    for key in ("eval_every", "log_every", "align_every", "checkpoint_every"):
+        _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
+    _choice("trainer.update", t["update"], ("offline", "online"))
+    _choice("trainer.device", t.device, ("cpu", "cuda", "auto"))
+    _choice("trainer.dtype", t.dtype, ("float32", "float64"))
+    _choice("trainer.on_nan", t.on_nan, ("stop", "skip"))
+    _choice("trainer.progress", t.progress, ("auto", "bar", "lines", "none"))
+    _choice("logger.name", cfg.logger.name, ("none", "wandb"))
+    _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+    if t["update"] == "online" and a.name == "bptt":
+        raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
+                          "BPTT needs the whole sequence; use trainer.update=offline.")
+    if d.name in ("randman", "trandman"):
+        _choice("encoding", cfg.encoding.name, ("rate", "time"))
+        for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
+                    "test_samples_per_class"):
+            _positive(f"dataset.{key}", getattr(d, key))
+        _positive("dataset.alpha", d.alpha)
+        if d.num_classes < 2:
+            raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
+                              "a classification task needs at least 2 classes.")

@@ -1,0 +1,30 @@
+"""The interface the trainer sees of every data set."""
+from __future__ import annotations
+
+import torch
+
+
+class DataError(RuntimeError):
+    """A data set is missing, unreadable or inconsistent; the message says which file and why."""
+
+
+class SpikeDataset:
+    """Spike rasters as (T, N, num_inputs) tensors (uint8 counts or 0/1) with labels (N,).
+
+    ``splits`` maps evaluation split names ("val", "test") to fixed (x, y) pairs;
+    ``train_batch`` draws a training batch with the trainer's generator, so a checkpointed
+    generator state replays the same batches.
+    """
+
+    num_inputs: int
+    num_classes: int
+    num_steps: int
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def train_batch(self, batch_size: int, generator: torch.Generator):
+        raise NotImplementedError
+
+    @property
+    def train_size(self) -> int | None:
+        """Number of training samples, or None for a generator with unlimited fresh samples."""
+        return None

@@ -1,0 +1,147 @@
+"""The one place that writes a run's logs: metrics.jsonl, summary.json, the console, W&B."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+
+
+def _clean(value):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line (a killed writer) is ignored."""
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+class MetricsFile:
+    """Append-only metrics.jsonl that a resumed run truncates back to its checkpoint."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_NAME
+
+    def truncate_after(self, iteration: int) -> None:
+        rows = [r for r in read_metrics(self.path) if r.get("iter", 0) <= iteration]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+
+
+class Console_:
+    """Progress on the console: a rich bar in a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, start: int, mode: str, title: str):
+        self.console = Console(stderr=True)
+        interactive = self.console.is_terminal and not os.environ.get("OTPE_PARALLEL_JOB")
+        self.mode = {"auto": "bar" if interactive else "lines"}.get(mode, mode)
+        self.total, self.title = total, title
+        self.progress = None
+        if self.mode == "bar":
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                console=self.console, transient=False)
+            self.task = self.progress.add_task(title, total=total, completed=start, status="")
+            self.progress.start()
+
+    def update(self, iteration: int, status: str, force_line: bool = False) -> None:
+        if self.mode == "bar":
+            self.progress.update(self.task, completed=iteration, status=status)
+        elif self.mode == "lines" or (force_line and self.mode != "none"):
+            print(f"[{self.title}] iter {iteration}/{self.total}  {status}", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def table(self, title: str, metrics: dict) -> None:
+        if self.mode == "none":
+            return
+        table = Table(title=title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        self.console.print(table)
+
+
+def status_line(row: dict) -> str:
+    parts = []
+    for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("val/acc", "val"),
+                       ("test/acc", "test"), ("align/cos/global", "cos"),
+                       ("time/iter_s", "s/it")):
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:.3f}")
+    return "  ".join(parts)
+
+
+class RunLogger:
+    """Fans every logged row out to metrics.jsonl, the console and (optionally) W&B."""
+
+    def __init__(self, run_dir: Path, cfg, total: int, start: int, title: str,
+                 wandb_run_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics = MetricsFile(self.run_dir)
+        self.console = Console_(total, start, cfg.trainer.progress, title)
+        self.wandb = None
+        if cfg.logger.name == "wandb":
+            from .wandb_logger import WandbLogger
+            self.wandb = WandbLogger(cfg, self.run_dir, wandb_run_id, self.console.console)
+        self.started = time.time()
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        return self.wandb.run_id if self.wandb else None
+
+    def log(self, row: dict, line: bool = False) -> None:
+        self.metrics.append(row)
+        if self.wandb:
+            self.wandb.log(row)
+        self.console.update(row["iter"], status_line(row), force_line=line)
+
+    def finish(self, summary: dict, final_table: dict, failed: bool = False) -> None:
+        self.console.close()
+        write_json_atomic(self.run_dir / SUMMARY_NAME, {k: _clean(v) for k, v in summary.items()})
+        if self.wandb:
+            self.wandb.finish(summary, failed)
+            self.wandb = None
+        self.console.table("final metrics", final_table)
+
+    def abort(self) -> None:
+        self.console.close()
+        if self.wandb:
+            self.wandb.finish({}, failed=True)
+            self.wandb = None

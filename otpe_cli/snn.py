@@ -1,0 +1,174 @@
+"""The LIF neuron and the feed-forward spiking network (SPEC §1).
+
+One LIF step (`lif_step`) serves every algorithm: BPTT runs it with autograd on, the online
+rules run it under ``torch.no_grad()`` and read the surrogate derivative ``surrogate(v)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: β = sigmoid(3), the released code's effective leak (SPEC §1).
+DEFAULT_BETA = 1.0 / (1.0 + math.exp(-3.0))
+#: Truncated-normal correction so that the truncated LeCun normal has variance 1/fan_in.
+_TRUNC_STD_CORRECTION = 0.87962566103423978
+
+READOUTS = ("spikes", "trace")
+
+
+def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
+    """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
+    return (slope * (v - threshold).abs() + 1.0).reciprocal().square()
+
+
+class _Spike(torch.autograd.Function):
+    """Heaviside spike H(v − θ) with H(0) = 1, differentiated through the surrogate ψ."""
+
+    @staticmethod
+    def forward(ctx, v, threshold: float, slope: float):
+        ctx.save_for_backward(v)
+        ctx.threshold, ctx.slope = threshold, slope
+        return (v >= threshold).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (v,) = ctx.saved_tensors
+        return grad_s * surrogate(v, ctx.threshold, ctx.slope), None, None
+
+
+def spike(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
+    if torch.is_grad_enabled() and v.requires_grad:
+        return _Spike.apply(v, threshold, slope)
+    return (v >= threshold).to(v.dtype)
+
+
+def lif_step(u, a, weight, bias, beta: float, threshold: float, slope: float):
+    """One LIF step of one layer (SPEC §1).
+
+    v_t = β·u_{t−1} + W a_t + b;  s_t = H(v_t − θ);  u_t = v_t − θ·s_t  (reset differentiated).
+    Returns (v_t, s_t, u_t).
+    """
+    v = torch.addmm(bias, a, weight.t()).add_(u, alpha=beta)
+    s = spike(v, threshold, slope)
+    return v, s, v - threshold * s
+
+
+def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
+    """Truncated LeCun normal: std = sqrt(1/fan_in)/0.8796, cut at ±2·std (SPEC §1)."""
+    std = math.sqrt(1.0 / weight.shape[1]) / _TRUNC_STD_CORRECTION
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std, generator=generator)
+
+
+class LIFLayer(nn.Module):
+    """A fully connected LIF layer; ``weight`` is (out × in), ``bias`` is (out,)."""
+
+    def __init__(self, n_in: int, n_out: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, n_in))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        lecun_truncated_normal_(self.weight, generator)
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class SequenceStats:
+    """What a pass over a sequence reports for logging (no graph attached)."""
+
+    loss: float          # J = (1/T)·Σ_t L_t
+    counts: torch.Tensor  # (B, C) output spike counts Σ_t s^L_t
+    rates: list           # mean firing rate per layer
+
+    def correct(self, y: torch.Tensor) -> torch.Tensor:
+        return predict_correct(self.counts, y)
+
+
+def predict_correct(counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SPEC §1 prediction: argmax of spike counts (ties → lowest index); no spike → wrong."""
+    return (counts.argmax(dim=1) == y) & (counts.sum(dim=1) > 0)
+
+
+def step_loss_and_error(z: torch.Tensor, y: torch.Tensor):
+    """Batch-mean cross-entropy L_t of logits z_t and its error ∂L_t/∂z_t = (softmax − onehot)/B."""
+    logp = torch.log_softmax(z, dim=1)
+    loss = -logp.gather(1, y[:, None]).mean()
+    err = logp.exp_()
+    err[torch.arange(len(y), device=y.device), y] -= 1.0
+    return loss, err.div_(len(y))
+
+
+class SNN(nn.Module):
+    """Feed-forward LIF network (SPEC §1). ``sizes = [N_in, N_1, …, N_L]``; layer L is the output.
+
+    Parameters are named ``layers.<i>.weight`` / ``layers.<i>.bias``, i = 0 the first hidden layer.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        beta: float = DEFAULT_BETA,
+        threshold: float = 1.0,
+        slope: float = 25.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError("an SNN needs at least an input size and an output size")
+        self.sizes = list(sizes)
+        self.beta, self.threshold, self.slope = float(beta), float(threshold), float(slope)
+        self.layers = nn.ModuleList(
+            LIFLayer(n_in, n_out, generator) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def layer_names(self) -> list[str]:
+        return [f"layers.{i}" for i in range(self.depth)]
+
+    def lif(self, layer: LIFLayer, u, a):
+        return lif_step(u, a, layer.weight, layer.bias, self.beta, self.threshold, self.slope)
+
+    def forward(self, x: torch.Tensor, readout: str = "spikes"):
+        """Unroll over x (T, B, N_in). Returns (logits (T, B, C), output spikes (T, B, C), rates)."""
+        T, B, _ = x.shape
+        us = [x.new_zeros(B, layer.n_out) for layer in self.layers]
+        o = x.new_zeros(B, self.sizes[-1])
+        logits, out_spikes = [], []
+        spike_sums = [x.new_zeros(()) for _ in self.layers]
+        for t in range(T):
+            a = x[t]
+            for i, layer in enumerate(self.layers):
+                _, a, us[i] = self.lif(layer, us[i], a)
+                spike_sums[i] = spike_sums[i] + a.detach().sum()
+            out_spikes.append(a)
+            if readout == "trace":
+                o = self.beta * o + a
+                logits.append(o)
+            else:
+                logits.append(a)
+        rates = [float(s) / (T * B * layer.n_out) for s, layer in zip(spike_sums, self.layers)]
+        return torch.stack(logits), torch.stack(out_spikes), rates
+
+    def sequence_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """J = (1/T)·Σ_t L_t with L_t the batch-mean cross-entropy (SPEC §1)."""
+        T, B, C = logits.shape
+        return F.cross_entropy(logits.reshape(T * B, C), y.repeat(T))
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, readout: str = "spikes") -> SequenceStats:
+        logits, spikes, rates = self(x, readout)
+        return SequenceStats(float(self.sequence_loss(logits, y)), spikes.sum(0), rates)

@@ -1,0 +1,338 @@
+"""The one training loop every algorithm goes through.
+
+``Trainer`` owns a run: ``__init__`` builds everything from the config and resumes from the run
+directory's checkpoint when there is one; ``train()`` is the loop — draw batch, compute gradient
+(by the algorithm), optimizer step, log every ``log_every``, evaluate every ``eval_every``,
+checkpoint every ``checkpoint_every`` and on SIGTERM / SIGINT / SIGUSR1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from . import checkpoint as ckpt
+from .algorithms import build_algorithm
+from .alignment import alignment
+from .data import build_dataset
+from .logs import RunLogger, SUMMARY_NAME, read_metrics
+from .snn import SNN
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the run was checkpointed and can be resumed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda was asked for, but no CUDA device is available; "
+                         "use trainer.device=cpu or auto.")
+    return torch.device(name)
+
+
+def build_optimizer(cfg, params):
+    if cfg.name == "adamax":
+        return torch.optim.Adamax(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def config_choices(cfg) -> dict:
+    """The key choices that identify a run (used in summaries, reports and W&B)."""
+    return {
+        "dataset": cfg.dataset.name, "encoding": cfg.encoding.name,
+        "algorithm": cfg.algorithm.name, "depth": cfg.model.depth, "width": cfg.model.width,
+        "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr,
+        "batch_size": cfg.trainer.batch_size, "update": cfg.trainer["update"],
+        "seed": cfg.trainer.seed, "iterations": cfg.trainer.iterations,
+        "bias_trace": cfg.algorithm.bias_trace,
+    }
+
+
+def fingerprint(cfg) -> dict:
+    """What a checkpoint must match to be resumed: model, algorithm, data and update mode."""
+    return {
+        "model": OmegaConf.to_yaml(cfg.model), "algorithm": OmegaConf.to_yaml(cfg.algorithm),
+        "dataset": OmegaConf.to_yaml(cfg.dataset), "encoding": cfg.encoding.name,
+        "update": cfg.trainer["update"], "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.trainer.seed, "dtype": cfg.trainer.dtype,
+    }
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        t = cfg.trainer
+        self.device = resolve_device(t.device)
+        self.dtype = getattr(torch, t.dtype)
+        self.data = build_dataset(cfg.dataset, cfg.encoding.name)
+        if self.data.train_size is not None and t.batch_size > self.data.train_size:
+            raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the training set "
+                             f"({self.data.train_size} samples).")
+        m = cfg.model
+        sizes = [self.data.num_inputs] + [m.width] * (m.depth - 1) + [self.data.num_classes]
+        init_gen = torch.Generator().manual_seed(t.seed)  # same init for every algorithm
+        self.model = SNN(sizes, m.beta, m.threshold, m.slope, generator=init_gen).to(
+            self.device, self.dtype)
+        a = cfg.algorithm
+        self.algorithm = build_algorithm(a.name, a.readout, a.bias_trace)
+        self.reference = self.algorithm.reference()
+        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+        self.batch_gen = torch.Generator().manual_seed(t.seed + 1)
+        self.iteration = 0
+        self.best: dict = {}
+        self.window: dict = {}
+        self.align_sums: dict = {}
+        self.align_count = 0
+        self.skipped = 0
+        self.elapsed = 0.0
+        self.wandb_run_id = None
+        self.checkpoint_path = self.run_dir / ckpt.CHECKPOINT_NAME
+        if self.checkpoint_path.exists():
+            self._load_checkpoint()
+        self._signal = None
+
+    # ----------------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {
+            "fingerprint": fingerprint(self.cfg),
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batch_gen": self.batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": ckpt.numpy_rng_state(),
+            "best": self.best, "window": self.window, "align_sums": self.align_sums,
+            "align_count": self.align_count, "skipped": self.skipped,
+            "elapsed": self._wall(),
+            "wandb_run_id": self.logger.wandb_run_id if hasattr(self, "logger")
+            else self.wandb_run_id,
+        }
+
+    def _wall(self) -> float:
+        return self.elapsed + (time.time() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def save_checkpoint(self) -> None:
+        ckpt.save_atomic(self._state(), self.checkpoint_path)
+
+    def _load_checkpoint(self) -> None:
+        state = ckpt.load(self.checkpoint_path)
+        ckpt.compare_fingerprints(state.get("fingerprint", {}), fingerprint(self.cfg),
+                                  self.checkpoint_path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batch_gen.set_state(state["batch_gen"])
+            torch.set_rng_state(state["torch_rng"])
+            ckpt.set_numpy_rng_state(state["numpy_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"checkpoint {self.checkpoint_path} does not fit this "
+                                       f"run ({exc}).") from exc
+        self.iteration = state["iteration"]
+        self.best, self.window = state["best"], state["window"]
+        self.align_sums, self.align_count = state["align_sums"], state["align_count"]
+        self.skipped, self.elapsed = state["skipped"], state["elapsed"]
+        self.wandb_run_id = state.get("wandb_run_id")
+
+    # ----------------------------------------------------------------- one iteration
+    def _check_finite(self, loss: float, grads) -> bool:
+        ok = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if ok:
+            return True
+        if self.cfg.trainer.on_nan == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at iteration {self.iteration + 1} "
+                f"(loss {loss}); the last good checkpoint is kept. Lower optimizer.lr or set "
+                "trainer.on_nan=skip to skip such updates.")
+        self.skipped += 1
+        return False
+
+    def _apply(self, grads) -> None:
+        for p, g in zip(self.model.parameters(), grads):
+            p.grad = g
+        self.optimizer.step()
+
+    def _as_dict(self, grads) -> dict:
+        return dict(zip(self.param_names, grads))
+
+    def train_step(self, x, y, align: bool) -> dict:
+        row = {}
+        if self.cfg.trainer["update"] == "offline":
+            grads, stats = self.algorithm.gradients(self.model, x, y)
+            if align:
+                ref = grads if self.reference == self.algorithm else \
+                    self.reference.gradients(self.model, x, y)[0]
+                row.update(alignment(self._as_dict(grads), self._as_dict(ref)))
+            if self._check_finite(stats.loss, grads):
+                self._apply(grads)
+        else:
+            if align:  # on the sequence gradient at the parameters the batch starts with (§4)
+                seq = self.algorithm.gradients(self.model, x, y)[0]
+                ref = self.reference.gradients(self.model, x, y)[0]
+                row.update(alignment(self._as_dict(seq), self._as_dict(ref)))
+
+            def on_step(step_grads):
+                if self._check_finite(0.0, step_grads):
+                    self._apply(step_grads)
+
+            stats = self.algorithm.train_online(self.model, x, y, on_step)
+            self._check_finite(stats.loss, [])
+        row["train/loss"] = stats.loss
+        row["train/acc"] = float(stats.correct(y).double().mean())
+        for name, rate in zip(self.model.layer_names(), stats.rates):
+            row[f"spikes/{name}"] = rate
+        return row
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        out = {}
+        n = self.cfg.trainer.eval_batch_size
+        readout = self.algorithm.readout
+        for split, (xs, ys) in self.data.splits.items():
+            loss_sum, correct = 0.0, 0
+            for start in range(0, len(ys), n):
+                x = xs[:, start:start + n].to(self.device, self.dtype)
+                y = ys[start:start + n].to(self.device)
+                stats = self.model.evaluate(x, y, readout)
+                loss_sum += stats.loss * len(y)
+                correct += int(stats.correct(y).sum())
+            out[f"{split}/loss"] = loss_sum / len(ys)
+            out[f"{split}/acc"] = correct / len(ys)
+        self._track_best(out)
+        return out
+
+    def _track_best(self, ev: dict) -> None:
+        it = self.iteration
+        if "test/acc" in ev and ev["test/acc"] > self.best.get("best/test_acc", -1.0):
+            self.best["best/test_acc"], self.best["best/test_acc_iter"] = ev["test/acc"], it
+        if "val/acc" in ev and ev["val/acc"] > self.best.get("best/val_acc", -1.0):
+            self.best["best/val_acc"], self.best["best/val_acc_iter"] = ev["val/acc"], it
+            if "test/acc" in ev:  # the paper's model selection: test at the best validation
+                self.best["best/test_acc_at_best_val"] = ev["test/acc"]
+
+    # ----------------------------------------------------------------- the loop
+    def _window_add(self, row: dict) -> None:
+        for k, v in row.items():
+            if not k.startswith("align/"):
+                s, c = self.window.get(k, (0.0, 0))
+                self.window[k] = (s + v, c + 1)
+
+    def _window_flush(self) -> dict:
+        out = {k: s / c for k, (s, c) in self.window.items()}
+        self.window = {}
+        return out
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum
+
+    def finished_summary(self) -> dict | None:
+        """The summary of this run if it already trained all its iterations, else None."""
+        path = self.run_dir / SUMMARY_NAME
+        if path.exists() and self.iteration >= self.cfg.trainer.iterations:
+            summary = json.loads(path.read_text())
+            if summary.get("status") == "finished":
+                return summary
+        return None
+
+    def train(self) -> dict:
+        t = self.cfg.trainer
+        self.logger = RunLogger(self.run_dir, self.cfg, t.iterations, self.iteration,
+                                f"{self.algorithm.name}", self.wandb_run_id)
+        self.logger.metrics.truncate_after(self.iteration)
+        previous = {s: signal.signal(getattr(signal, s), self._on_signal) for s in STOP_SIGNALS
+                    if hasattr(signal, s)}
+        self._t0 = time.time()
+        try:
+            last_eval = self._loop()
+        except BaseException:
+            self.logger.abort()
+            raise
+        finally:
+            for s, h in previous.items():
+                signal.signal(getattr(signal, s), h)
+        return self._finish(last_eval)
+
+    def _loop(self) -> dict:
+        t = self.cfg.trainer
+        last_eval: dict = {}
+        while self.iteration < t.iterations:
+            if self._signal is not None:
+                self.save_checkpoint()
+                raise Interrupted(self._signal)
+            tic = time.perf_counter()
+            x, y = self.data.train_batch(t.batch_size, self.batch_gen)
+            x, y = x.to(self.device, self.dtype), y.to(self.device)
+            align = t.align_every > 0 and (self.iteration % t.align_every == 0
+                                          or self.iteration + 1 == t.iterations)
+            row = self.train_step(x, y, align)
+            self.iteration += 1
+            row["time/iter_s"] = time.perf_counter() - tic
+            self._window_add(row)
+            aligned = {k: v for k, v in row.items() if k.startswith("align/")}
+            if aligned:
+                self.align_count += 1
+                for k, v in aligned.items():
+                    self.align_sums[k] = self.align_sums.get(k, 0.0) + v
+            last = self.iteration == t.iterations
+            evaluate = last or (t.eval_every > 0 and self.iteration % t.eval_every == 0)
+            if evaluate or aligned or last or (t.log_every > 0 and self.iteration % t.log_every == 0):
+                out = {"iter": self.iteration, **self._window_flush(), **aligned}
+                if evaluate:
+                    last_eval = self.evaluate()
+                    out.update(last_eval)
+                    out.update(self.best)
+                if self.skipped:
+                    out["train/skipped_updates"] = self.skipped
+                self.logger.log(out, line=evaluate)
+            if t.checkpoint_every > 0 and self.iteration % t.checkpoint_every == 0 and not last:
+                self.save_checkpoint()
+        return last_eval
+
+    def _finish(self, last_eval: dict) -> dict:
+        rows = read_metrics(self.logger.metrics.path)
+        final = {}
+        for row in rows:  # the latest value of every metric
+            final.update({k: v for k, v in row.items() if v is not None})
+        if not last_eval:
+            last_eval = self.evaluate()
+        final.update(last_eval)
+        summary = {k: v for k, v in final.items() if not k.startswith("time/")}
+        summary.update(self.best)
+        summary.update({f"align_mean/{k[len('align/'):]}": s / self.align_count
+                        for k, s in self.align_sums.items()})
+        summary["iter"] = self.iteration
+        summary["status"] = "finished"
+        summary["skipped_updates"] = self.skipped
+        summary["wall_time_s"] = self._wall()
+        summary["config"] = config_choices(self.cfg)
+        self.save_checkpoint()
+        table = {k: summary[k] for k in ("train/loss", "train/acc", "val/acc", "test/acc",
+                                         "best/test_acc", "best/val_acc",
+                                         "best/test_acc_at_best_val", "align/cos/global",
+                                         "align_mean/cos/global", "wall_time_s")
+                 if k in summary}
+        self.logger.finish(summary, table)
+        return summary
