@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,13 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, register_configs, validate
+from .config import ConfigError, validate
 from .data import DataError
 from .logs import SUMMARY_NAME, write_json_atomic
 
 log = logging.getLogger("otpe-train")
 
-register_configs()
 
 
 class RunFailed(RuntimeError):
@@ -40,6 +40,41 @@ def _record_failure(run_dir: Path, cfg, message: str) -> None:
                                  "config": config_choices(cfg)})
     except OSError:
         pass
+
+
+def _threads_per_job(launcher) -> int | None:
+    """Torch threads for one job of a parallel sweep, so that jobs do not oversubscribe cores."""
+    target = launcher.get("_target_", "")
+    if target.endswith("JoblibLauncher"):
+        return 1
+    if "submitit" in target:  # local: all jobs at once; SLURM: the job's allocation
+        return launcher.get("cpus_per_task") or (1 if target.endswith("LocalLauncher") else None)
+    return None
+
+
+class _SubmititHandover:
+    """submitit requeues a job on its signal (USR2: time limit or preemption), which the trainer
+    does not catch: relay it as SIGUSR1 so the trainer checkpoints first, then requeue."""
+
+    def __init__(self):
+        import submitit
+
+        self.signum = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        self.requeue_handler = signal.getsignal(self.signum)
+        self.relayed = False
+        signal.signal(self.signum, self._relay)
+
+    def _relay(self, signum, frame) -> None:
+        if callable(signal.getsignal(signal.SIGUSR1)):  # the trainer is in its loop
+            self.relayed = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            self.requeue()
+
+    def requeue(self) -> None:
+        signal.signal(self.signum, self.requeue_handler)
+        if callable(self.requeue_handler):
+            self.requeue_handler(self.signum, None)  # submitit requeues the job and exits
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -65,11 +100,23 @@ def _hydra_main(cfg):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun and hc.launcher.get("_target_", "").endswith("JoblibLauncher"):
+    launcher = hc.launcher.get("_target_", "")
+    handover = None
+    if multirun and launcher.endswith("JoblibLauncher"):
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
+    if multirun and "submitit" in launcher:
+        handover = _SubmititHandover()
+    if multirun and _threads_per_job(hc.launcher):
+        import torch
+
+        torch.set_num_threads(_threads_per_job(hc.launcher))
     try:
         summary = run(cfg, run_dir)
     except Interrupted as exc:
+        if handover is not None and handover.relayed:
+            log.warning("%s: checkpoint saved in %s; submitit requeues the job, which resumes "
+                        "from it", exc, run_dir)
+            handover.requeue()
         log.warning("%s: checkpoint saved in %s; run the same command with hydra.run.dir=%s "
                     "to resume", exc, run_dir, run_dir)
         raise SystemExit(128 + exc.signum)

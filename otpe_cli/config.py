@@ -33,18 +33,21 @@ class RandmanConfig:
 
 @dataclass
 class SHDConfig:
-    name: str = "shd"
+    """SHD and SSC (the Heidelberg spiking data sets) share this schema; see conf/dataset/."""
+    name: str = "shd"                    # shd | ssc
     root: Optional[str] = None           # None: $OTPE_DATA, else ~/.cache/otpe-cli/data
     num_classes: int = 20
     num_channels: int = 700
-    binning: str = "stretch"             # stretch: n_time_bins over each sample's duration; fixed: dt grid
+    binning: str = "stretch"             # stretch: num_steps bins over each sample's duration; fixed: dt grid
     num_steps: int = 50                  # bins for ``stretch``
-    dt: float = 0.01                     # seconds per bin for ``fixed``
-    t_max: float = 1.0                   # seconds covered by ``fixed``
+    dt: float = 0.01                     # seconds per bin for ``fixed`` (whole microseconds)
+    t_max: float = 1.0                   # seconds covered by ``fixed`` (t_max / dt bins)
     pool: int = 1                        # channel pooling factor (700 → 700/pool)
-    val_fraction: float = 0.1            # first fraction of the training file held out
+    val_fraction: float = 0.1            # first fraction of the training file held out (SHD)
     cache: bool = True
+    cache_dir: Optional[str] = None      # None: <root>/cache
     download: bool = True                # let tonic download when files are absent
+    download_timeout: float = 15.0       # socket timeout (s) around any download attempt
 
 
 @dataclass
@@ -175,3 +178,50 @@ def validate(cfg) -> None:
         if d.num_classes < 2:
             raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
                               "a classification task needs at least 2 classes.")
+    elif d.name in ("shd", "ssc"):
+        _validate_heidelberg(cfg)
+
+
+def _validate_heidelberg(cfg) -> None:
+    """SHD / SSC: encoding, binning, pooling and the validation split."""
+    d, enc = cfg.dataset, cfg.encoding.name
+    if enc in ("rate", "time"):
+        raise ConfigError(f"encoding={enc} is a Randman code and does not apply to "
+                          f"dataset={d.name}, which is already spikes: use encoding=counts (raw "
+                          "spike counts per bin, the paper's input) or encoding=binary.")
+    _choice("encoding", enc, ("counts", "binary"))
+    _choice("dataset.binning", d.binning, ("stretch", "fixed"))
+    _positive("dataset.num_channels", d.num_channels)
+    _positive("dataset.pool", d.pool)
+    _positive("dataset.download_timeout", d.download_timeout)
+    if d.num_classes < 2:
+        raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
+                          "a classification task needs at least 2 classes.")
+    if d.num_channels % d.pool:
+        divisors = [k for k in range(2, d.num_channels) if d.num_channels % k == 0][:6]
+        raise ConfigError(f"dataset.pool={d.pool} does not divide dataset.num_channels="
+                          f"{d.num_channels}: use a divisor such as "
+                          f"{', '.join(map(str, divisors))} (700 → 140 with 5, 70 with 10).")
+    if d.binning == "stretch":
+        _positive("dataset.num_steps", d.num_steps)
+    else:
+        _positive("dataset.dt", d.dt)
+        _positive("dataset.t_max", d.t_max)
+        if d.dt < 1e-6:
+            raise ConfigError(f"dataset.dt={d.dt} is out of range: the spike times have "
+                              "microsecond resolution, so a bin must be at least 1e-6 s.")
+        bins = d.t_max / d.dt
+        if bins < 1 or abs(bins - round(bins)) > 1e-6 * max(1.0, bins):
+            raise ConfigError(f"dataset.t_max={d.t_max} is not a whole number of "
+                              f"dataset.dt={d.dt} bins (t_max / dt = {bins:g}); choose t_max "
+                              "as a multiple of dt, e.g. dt=0.01 t_max=1.0 for 100 bins.")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"dataset.val_fraction={d.val_fraction} is out of range: it must "
+                          "lie in [0, 1).")
+    if d.name == "ssc" and d.val_fraction:
+        raise ConfigError(f"dataset.val_fraction={d.val_fraction} does not apply to "
+                          "dataset=ssc: SSC brings its own validation file (ssc_valid.h5); "
+                          "leave dataset.val_fraction=0.")
+
+
+register_configs()  # importing the schemas makes them available to Hydra (CLI and compose API)

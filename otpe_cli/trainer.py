@@ -84,6 +84,14 @@ class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         t = cfg.trainer
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise PermissionError(f"the run directory {self.run_dir} cannot be written "
+                                  f"({exc.strerror}); choose another with hydra.run.dir=DIR.")
         self.device = resolve_device(t.device)
         self.dtype = getattr(torch, t.dtype)
         self.data = build_dataset(cfg.dataset, cfg.encoding.name)
@@ -285,8 +293,9 @@ class Trainer:
             tic = time.perf_counter()
             x, y = self.data.train_batch(t.batch_size, self.batch_gen)
             x, y = x.to(self.device, self.dtype), y.to(self.device)
-            align = t.align_every > 0 and (self.iteration % t.align_every == 0
-                                          or self.iteration + 1 == t.iterations)
+            step = self.iteration + 1  # the iteration this batch makes, as logged
+            align = t.align_every > 0 and (step == 1 or step % t.align_every == 0
+                                          or step == t.iterations)
             row = self.train_step(x, y, align)
             self.iteration += 1
             row["time/iter_s"] = time.perf_counter() - tic
@@ -314,8 +323,8 @@ class Trainer:
     def _finish(self, last_eval: dict) -> dict:
         rows = read_metrics(self.logger.metrics.path)
         final = {}
-        for row in rows:  # the latest value of every metric
-            final.update({k: v for k, v in row.items() if v is not None})
+        for row in rows:  # the latest value of every metric (None where it was not finite)
+            final.update(row)
         if not last_eval:
             last_eval = self.evaluate()
         final.update(last_eval)

@@ -22,13 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-_TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _TESTS)
-# the repository root, so that a bare `pytest` (not `python -m pytest`) finds the
-# uninstalled otpe_cli of this working tree too
-if os.path.dirname(_TESTS) not in sys.path:
-    sys.path.insert(1, os.path.dirname(_TESTS))
-import reference as ref  # noqa: E402
+import reference as ref
 
 BETA = ref.BETA_DEFAULT
 RULES = ("ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe")

@@ -1,0 +1,42 @@
+"""Shared test helpers: compose the real config, run the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+import otpe_cli.config  # noqa: F401  (registers the structured-config schemas)
+
+#: tiny sizes that still train: the real code path, seconds per run
+TINY = ["model.width=16", "trainer.batch_size=32", "dataset.test_samples_per_class=20",
+        "trainer.eval_every=10", "trainer.log_every=5", "trainer.align_every=10",
+        "trainer.checkpoint_every=0", "trainer.progress=none"]
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_module(config_module="otpe_cli.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def make_cfg():
+    return compose_cfg
+
+
+def run_cli(args, cwd, env=None, timeout=300, executable="otpe-train"):
+    """Run a console script as a user would; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    exe = str(Path(sys.executable).with_name(executable))
+    if not Path(exe).exists():
+        exe = executable
+    return subprocess.run([exe, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

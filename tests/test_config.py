@@ -1,0 +1,93 @@
+"""The config contract: groups, choices, schemas and range checks (compose API + real CLI)."""
+import pytest
+from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import ConfigCompositionException, HydraException
+
+from otpe_cli.config import ConfigError, validate
+
+
+def test_defaults(make_cfg):
+    cfg = make_cfg()
+    assert cfg.dataset.name == "randman" and cfg.encoding.name == "rate"
+    assert cfg.algorithm.name == "otpe" and cfg.optimizer.name == "adamax"
+    assert cfg.optimizer.lr == 1e-3 and cfg.trainer.batch_size == 128
+    assert (cfg.model.depth, cfg.model.width) == (3, 128)
+    assert cfg.model.beta == pytest.approx(0.9525741268)
+    assert cfg.trainer["update"] == "offline" and cfg.logger.name == "none"
+    validate(cfg)
+
+
+def test_dataset_selects_encoding_and_override_wins(make_cfg):
+    assert make_cfg(["dataset=trandman"]).encoding.name == "time"
+    assert make_cfg(["dataset=randman"]).encoding.name == "rate"
+    assert make_cfg(["dataset=trandman", "encoding=rate"]).encoding.name == "rate"
+    assert make_cfg(["encoding=time"]).encoding.name == "time"
+
+
+@pytest.mark.parametrize("alg", ["bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe",
+                                 "f_approx_otpe"])
+def test_every_algorithm_composes(make_cfg, alg):
+    cfg = make_cfg([f"algorithm={alg}"])
+    assert cfg.algorithm.name == alg
+    validate(cfg)
+
+
+@pytest.mark.parametrize("opt", ["adamax", "adam", "sgd"])
+def test_optimizers_compose(make_cfg, opt):
+    cfg = make_cfg([f"optimizer={opt}", "optimizer.lr=0.01"])
+    assert cfg.optimizer.name == opt and cfg.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.depth=abc", "depth"), ("model.dept=3", "dept"), ("trainer.iterationz=3", "iterationz"),
+    ("optimizer.lr=fast", "lr")])
+def test_schema_refuses_wrong_type_and_unknown_key(make_cfg, override, key):
+    with pytest.raises((HydraException, OmegaConfBaseException)) as err:
+        make_cfg([override])
+    assert key in str(err.value)
+
+
+def test_unknown_choice(make_cfg):
+    with pytest.raises((HydraException, ConfigCompositionException)) as err:
+        make_cfg(["algorithm=nope"])
+    assert "algorithm" in str(err.value) and "nope" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.depth=0", "model.depth"), ("model.width=0", "model.width"),
+    ("optimizer.lr=-0.1", "optimizer.lr"), ("dataset.num_steps=0", "dataset.num_steps"),
+    ("trainer.batch_size=0", "trainer.batch_size"), ("model.beta=1.5", "model.beta"),
+    ("trainer.update=sometimes", "trainer.update"), ("trainer.device=tpu", "trainer.device"),
+    ("algorithm.readout=voltage", "algorithm.readout")])
+def test_out_of_range_values_are_refused_with_the_key(make_cfg, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(make_cfg([override]))
+
+
+def test_online_bptt_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match="online"):
+        validate(make_cfg(["algorithm=bptt", "trainer.update=online"]))
+
+
+# ------------------------------------------------------------------ the real command line
+@pytest.mark.parametrize("args, key", [
+    (["model.depth=abc"], "model.depth"), (["model.dept=3"], "dept"),
+    (["algorithm=nope"], "algorithm"), (["model.depth=0"], "model.depth"),
+    (["optimizer.lr=-1"], "optimizer.lr")])
+def test_cli_bad_input_exits_non_zero_naming_the_key(cli, tmp_path, args, key):
+    res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode != 0
+    assert key in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_cli_help_lists_groups_under_the_tool_name(cli, tmp_path):
+    res = cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0
+    out = res.stdout
+    assert "otpe-train" in out
+    for group in ("dataset: randman, trandman", "algorithm:", "optimizer: adam, adamax, sgd",
+                  "encoding:", "model: lif", "logger:", "trainer: default"):
+        assert group in out, group
+    for alg in ("approx_otpe", "bptt", "f_approx_otpe", "f_otpe", "ostl", "otpe", "ottt"):
+        assert alg in out

@@ -1,0 +1,126 @@
+"""Short real training runs through the shared trainer (compose API → cli.run)."""
+import json
+
+import pytest
+import torch
+
+from conftest import TINY
+from otpe_cli.cli import run
+from otpe_cli.logs import read_metrics
+
+ALGS = ["bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe"]
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.mark.parametrize("dataset, encoding", [("randman", "rate"), ("randman", "time"),
+                                               ("trandman", "time"), ("trandman", "rate")])
+def test_each_dataset_and_encoding_trains_and_writes_outputs(make_cfg, tmp_path, dataset, encoding):
+    cfg = make_cfg([f"dataset={dataset}", f"encoding={encoding}", "algorithm=bptt",
+                    "trainer.iterations=10", *TINY])
+    summary = run(cfg, tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == [1, 5, 10]
+    for key in ("train/loss", "train/acc", "spikes/layers.0", "spikes/layers.2", "time/iter_s"):
+        assert key in rows[-1]
+    assert "test/acc" in rows[-1] and "test/loss" in rows[-1]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "finished" and saved["iter"] == 10
+    assert saved["config"]["dataset"] == dataset and saved["config"]["encoding"] == encoding
+    for key in ("test/acc", "best/test_acc", "best/test_acc_iter", "wall_time_s"):
+        assert key in saved
+    assert summary["test/acc"] == saved["test/acc"]
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_every_algorithm_lowers_the_loss_on_trandman(make_cfg, tmp_path, alg):
+    # 4 classes and a lower threshold so that a tiny network spikes from the start
+    cfg = make_cfg(["dataset=trandman", f"algorithm={alg}", "trainer.iterations=40",
+                    "dataset.num_classes=4", "model.threshold=0.5", "optimizer.lr=0.02",
+                    "trainer.align_every=0", *TINY])
+    run(cfg, tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    first, last = rows[0]["train/loss"], rows[-1]["train/loss"]
+    assert last < first - 0.04, (first, last)
+
+
+@pytest.mark.parametrize("alg", ALGS[1:])
+def test_online_updates_change_parameters_mid_sequence(make_cfg, tmp_path, alg):
+    from otpe_cli.trainer import Trainer
+    cfg = make_cfg(["dataset=trandman", f"algorithm={alg}", "trainer.update=online",
+                    "trainer.iterations=1", "dataset.num_steps=12", *TINY])
+    trainer = Trainer(cfg, tmp_path)
+    steps = []
+    original = trainer.optimizer.step
+
+    def counting_step(*a, **k):
+        steps.append(trainer.model.layers[0].weight.detach().clone())
+        return original(*a, **k)
+
+    trainer.optimizer.step = counting_step
+    trainer.train()
+    assert len(steps) == 12  # one optimizer step per time step
+    assert not torch.equal(steps[0], steps[-1])
+
+
+def test_online_mode_trains_and_logs_alignment_at_batch_start(make_cfg, tmp_path):
+    cfg = make_cfg(["dataset=trandman", "algorithm=otpe", "trainer.update=online",
+                    "optimizer.lr=2.5e-4", "trainer.iterations=10", *TINY])
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "finished"
+    assert -1 <= summary["align/cos/global"] <= 1
+
+
+def test_alignment_is_logged_per_parameter_and_global(make_cfg, tmp_path):
+    cfg = make_cfg(["dataset=randman", "algorithm=ottt", "trainer.iterations=10", *TINY])
+    summary = run(cfg, tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    aligned = [r for r in rows if "align/cos/global" in r]
+    assert [r["iter"] for r in aligned] == [1, 10]
+    names = [f"layers.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    for measure in ("cos", "sign", "norm_ratio"):
+        for name in names + ["global"]:
+            assert f"align/{measure}/{name}" in aligned[0]
+            assert f"align/{measure}/{name}" in summary
+            assert f"align_mean/{measure}/{name}" in summary
+    # BPTT compared with itself is perfectly aligned
+    bptt = run(make_cfg(["dataset=trandman", "algorithm=bptt", "trainer.iterations=1", *TINY]),
+               tmp_path / "bptt")
+    assert bptt["align/cos/global"] == pytest.approx(1.0)
+    assert bptt["align/norm_ratio/global"] == pytest.approx(1.0)
+
+
+def test_f_variants_align_to_bptt_of_the_leaky_trace_loss(make_cfg, tmp_path):
+    # depth 1: F-OTPE equals BPTT of its own (trace) objective exactly (SPEC §5.2)
+    cfg = make_cfg(["dataset=trandman", "algorithm=f_otpe", "model.depth=1",
+                    "trainer.iterations=1", "trainer.dtype=float64", *TINY])
+    summary = run(cfg, tmp_path)
+    assert summary["align/cos/global"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_same_seed_same_metrics(make_cfg, tmp_path):
+    over = ["dataset=randman", "algorithm=approx_otpe", "trainer.iterations=10", *TINY]
+    run(make_cfg(over), tmp_path / "a")
+    run(make_cfg(over), tmp_path / "b")
+    a = strip_time(read_metrics(tmp_path / "a" / "metrics.jsonl"))
+    b = strip_time(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+    assert a == b
+    c = strip_time(read_metrics(run(make_cfg(over + ["trainer.seed=1"]), tmp_path / "c") and
+                                tmp_path / "c" / "metrics.jsonl"))
+    assert c != a
+
+
+def test_bias_trace_option_changes_only_the_bias_gradients(make_cfg, tmp_path):
+    from otpe_cli import SNN, sequence_gradients
+    torch.manual_seed(0)
+    m = SNN([10, 8, 4])
+    x = (torch.rand(20, 6, 10) < 0.3).float()
+    y = torch.randint(0, 4, (6,))
+    for alg in ("ottt", "approx_otpe"):
+        plain = sequence_gradients(alg, m, x, y)
+        traced = sequence_gradients(alg, m, x, y, bias_trace=True)
+        for name in plain:
+            same = torch.equal(plain[name], traced[name])
+            assert same == name.endswith("weight"), (alg, name)
