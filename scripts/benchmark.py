@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Speed and memory of every algorithm against BPTT, measured in the same run.
+
+    python scripts/benchmark.py                      # the Randman network, CPU (a few minutes)
+    python scripts/benchmark.py --repeats 3 --memory-steps 50 200 800
+    python scripts/benchmark.py --device cuda
+
+Times ``sequence_gradients`` and a full training iteration (batch draw + gradient + optimizer
+step) for every algorithm, interleaving the algorithms within each repeat and reporting medians,
+so that machine noise hits all of them alike. It also times the memory-traffic floor of the
+N_out × N_in traces (bare tensor ops that read and write each trace once per step) and measures
+peak memory as T grows (each point in a fresh subprocess, peak RSS above a baseline process, or
+peak CUDA memory on a GPU). Prints ratios; nothing here is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from otpe_cli import ALGORITHMS, SNN, build_algorithm
+from otpe_cli.data.randman import Randman
+
+TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
+    "ottt": ("ottt", "bptt", 1.3),
+    "approx_otpe": ("approx_otpe", "bptt", 1.3),
+    "otpe": ("otpe", "ostl", 1.6),
+}
+
+
+def make_problem(args, device):
+    data = Randman(num_units=args.inputs, num_steps=args.steps, test_samples_per_class=1,
+                   encoding="rate")
+    gen = torch.Generator().manual_seed(0)
+    sizes = [args.inputs] + [args.width] * (args.depth - 1) + [10]
+    model = SNN(sizes, generator=torch.Generator().manual_seed(0)).to(device)
+    return data, gen, model
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def trace_floor(model, batch, steps, device):
+    """One read and one write of each (N_out, B, N_in) trace per step: OSTL's memory floor."""
+    traces = [torch.zeros(layer.n_out, batch, layer.n_in, device=device) for layer in model.layers]
+    inputs = [torch.rand(1, batch, layer.n_in, device=device) for layer in model.layers]
+    sync(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        for tr, a in zip(traces, inputs):
+            torch.add(a, tr, alpha=0.9, out=tr)
+    sync(device)
+    return time.perf_counter() - tic
+
+
+def timing(args, device):
+    data, gen, model = make_problem(args, device)
+    x, y = data.train_batch(args.batch, gen)
+    x, y = x.to(device, torch.float32), y.to(device)
+    algs = {name: build_algorithm(name) for name in args.algorithms}
+    opts = {name: torch.optim.Adamax(model.parameters(), lr=1e-9) for name in algs}
+    grad_t = {name: [] for name in algs}
+    iter_t = {name: [] for name in algs}
+    floor_t = []
+    for name, alg in algs.items():  # warm-up
+        alg.gradients(model, x, y)
+    for rep in range(args.repeats):
+        for name, alg in algs.items():
+            sync(device)
+            tic = time.perf_counter()
+            alg.gradients(model, x, y)
+            sync(device)
+            grad_t[name].append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            xb, yb = data.train_batch(args.batch, gen)
+            xb, yb = xb.to(device, torch.float32), yb.to(device)
+            grads, _ = alg.gradients(model, xb, yb)
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g
+            opts[name].step()
+            sync(device)
+            iter_t[name].append(time.perf_counter() - tic)
+        floor_t.append(trace_floor(model, args.batch, args.steps, device))
+        print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    med = lambda v: statistics.median(v)  # noqa: E731
+    return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
+            med(floor_t))
+
+
+def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
+    """Peak memory (MiB) of one sequence_gradients call at T = steps, in a fresh process."""
+    code = f"""
+import resource, sys, torch, json
+from otpe_cli import SNN, build_algorithm
+dev = torch.device({device!r})
+sizes = [{args.inputs}] + [{args.width}] * ({args.depth} - 1) + [10]
+model = SNN(sizes, generator=torch.Generator().manual_seed(0)).to(dev)
+g = torch.Generator().manual_seed(0)
+x = (torch.rand({steps}, {args.batch}, {args.inputs}, generator=g) < 0.3).float().to(dev)
+y = torch.randint(0, 10, ({args.batch},), generator=g).to(dev)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if {alg!r} != "none":
+    build_algorithm({alg!r}).gradients(model, x, y)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+print(json.dumps({{"rss_mib": (peak - before) / 1024, "cuda_mib": cuda}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["cuda_mib"] if res["cuda_mib"] is not None else res["rss_mib"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--inputs", type=int, default=50)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    p.add_argument("--memory-steps", nargs="*", type=int, default=[50, 200, 800])
+    p.add_argument("--memory-algorithms", nargs="+",
+                   default=["bptt", "ottt", "approx_otpe", "ostl", "otpe"])
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
+          f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} interleaved repeats (medians)")
+    grad_t, iter_t, floor = timing(args, device)
+    base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
+    print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
+    for name in grad_t:
+        rg = grad_t[name] / base_g if base_g else float("nan")
+        ri = iter_t[name] / base_i if base_i else float("nan")
+        print(f"{name:<15}{grad_t[name]:>12.4f}{rg:>9.2f}{iter_t[name]:>13.4f}{ri:>9.2f}")
+    print(f"\ntrace-streaming floor (one read+write of each N_out×N_in trace per step): "
+          f"{floor:.4f} s")
+    if "ostl" in grad_t:
+        print(f"OSTL / floor: {grad_t['ostl'] / floor:.2f}   (target ≤ 2)")
+    for name, (num, den, bound) in TARGETS.items():
+        if num in grad_t and den in grad_t:
+            print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound})")
+    memory = {}
+    if args.memory_steps:
+        print(f"\npeak memory of one sequence gradient above a bare process "
+              f"({'CUDA allocated' if device.type == 'cuda' else 'RSS'}, MiB)")
+        print(f"{'algorithm':<15}" + "".join(f"{'T=' + str(t):>10}" for t in args.memory_steps))
+        for alg in args.memory_algorithms:
+            memory[alg] = [peak_memory_point(args, alg, t, args.device) for t in args.memory_steps]
+            print(f"{alg:<15}" + "".join(f"{m:>10.1f}" for m in memory[alg]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
+                       "memory_mib": memory, "memory_steps": args.memory_steps,
+                       "args": vars(args)}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
