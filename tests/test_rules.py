@@ -589,3 +589,19 @@ def test_spike_at_exact_threshold():
         got = as_list(sequence_gradients(alg, model, x, y, **kwargs), 1)
         want = reference_for(alg, kwargs, P, x, y, 0.5, 1.0, 25.0)
         assert_grads_close(got, want, f"{_variant_id((alg, kwargs))} with v == theta")
+
+
+@pytest.mark.parametrize("alg", ["otpe", "f_otpe"])
+def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg):
+    """OTPE stores R̂ as β^t·R̃ and folds the scale back in when it gets small; force that fold
+    every few steps and hold the result to the reference."""
+    import otpe_cli.rules.otpe as otpe_rule
+    monkeypatch.setattr(otpe_rule, "_RENORMALISE_BELOW", 0.8)  # β^5 ≈ 0.78: folds every 5 steps
+    _, sequence_gradients = _prod()
+    sizes, T, B = [6, 5, 4, 3], 23, 3
+    x = make_x(T, B, sizes[0], "spikes", seed=11)
+    y = make_y(B, sizes[-1], seed=11)
+    model = build_active_model(sizes, x)
+    P = model_params(model, 3)
+    got = as_list(sequence_gradients(alg, model, x, y), 3)
+    assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with renormalisation")
