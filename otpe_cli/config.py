@@ -38,7 +38,7 @@ class SHDConfig:
     root: Optional[str] = None           # None: $OTPE_DATA, else ~/.cache/otpe-cli/data
     num_classes: int = 20
     num_channels: int = 700
-    binning: str = "stretch"             # stretch: num_steps bins over each sample's duration; fixed: dt grid
+    binning: str = "stretch"             # stretch: num_steps bins per sample; fixed: dt grid
     num_steps: int = 50                  # bins for ``stretch``
     dt: float = 0.01                     # seconds per bin for ``fixed`` (whole microseconds)
     t_max: float = 1.0                   # seconds covered by ``fixed`` (t_max / dt bins)

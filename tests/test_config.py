@@ -86,7 +86,7 @@ def test_cli_help_lists_groups_under_the_tool_name(cli, tmp_path):
     assert res.returncode == 0
     out = res.stdout
     assert "otpe-train" in out
-    for group in ("dataset: randman, trandman", "algorithm:", "optimizer: adam, adamax, sgd",
+    for group in ("dataset: randman, shd, ssc, trandman", "algorithm:", "optimizer: adam, adamax, sgd",
                   "encoding:", "model: lif", "logger:", "trainer: default"):
         assert group in out, group
     for alg in ("approx_otpe", "bptt", "f_approx_otpe", "f_otpe", "ostl", "otpe", "ottt"):

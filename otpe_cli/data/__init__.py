@@ -14,6 +14,10 @@ def build_dataset(dataset_cfg, encoding: str) -> SpikeDataset:
             num_steps=dataset_cfg.num_steps, dim_manifold=dataset_cfg.dim_manifold,
             alpha=dataset_cfg.alpha, test_samples_per_class=dataset_cfg.test_samples_per_class,
             manifold_seed=dataset_cfg.manifold_seed, encoding=encoding)
+    if name in ("shd", "ssc"):
+        from .shd import HeidelbergSpikes  # h5py / tonic only when a Heidelberg set is chosen
+
+        return HeidelbergSpikes.from_config(dataset_cfg, encoding)
     raise DataError(f"unknown dataset {name!r}")
 
 
