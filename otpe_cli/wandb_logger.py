@@ -1,0 +1,204 @@
+"""Weights & Biases for one run: the resolved config, every metric row, a final summary.
+
+Imported only when ``logger=wandb`` (``import wandb`` costs about a second). W&B must never stop
+training: without an API key or network the run logs offline (one line says how to
+``wandb sync`` it later); if W&B cannot start even offline, training goes on without it.
+
+- Files: ``<run_dir>/wandb/`` (``dir=run_dir``), so every job of a sweep keeps its own.
+- One W&B run per job: ``reinit="finish_previous"`` and ``finish()`` at the end of every job,
+  also when several jobs share a process (Hydra's basic launcher).
+- Resume: the trainer keeps the run id in its checkpoint; a resumed job passes it back here and
+  continues the same W&B run (``resume="allow"``).
+- Step axis: the trainer's iteration (``define_metric(..., step_metric="iter")``); accuracies
+  keep their best value in the summary (``summary="max"``), the final ones go to ``final/<key>``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+#: seconds ``wandb.init`` may wait for the server; wandb's own default (90 s) stalls a job
+INIT_TIMEOUT_S = 15.0
+#: seconds ``finish()`` may spend uploading (wandb's default: forever); the local
+#: ``<run_dir>/wandb/run-*`` files keep everything for a later ``wandb sync``
+FINISH_TIMEOUT_S = 300.0
+#: summary keys that W&B keeps as their maximum over the run (the final value is ``final/<key>``)
+BEST_IS_MAX = ("/acc",)
+
+
+def new_run_id() -> str:
+    """A W&B-style run id (8 characters of [a-z0-9]), chosen before init so a fallback keeps it."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def run_name(cfg) -> str:
+    """``logger.run_name``, else ``<algorithm>_d<depth>_s<seed>`` (the sweep subdir's words)."""
+    if cfg.logger.run_name:
+        return str(cfg.logger.run_name)
+    return f"{cfg.algorithm.name}_d{cfg.model.depth}_s{cfg.trainer.seed}"
+
+
+def sweep_group(cfg) -> str | None:
+    """``logger.group``, else in a multirun the sweep directory's name, shared by all its jobs.
+
+    A name without letters (the default ``outputs/sweeps/<date>/<time>``) gets its parent's name
+    in front, so that groups of different days stay apart.
+    """
+    if cfg.logger.group:
+        return str(cfg.logger.group)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return None
+        sweep_dir = Path(str(HydraConfig.get().sweep.dir))
+    except Exception:  # composed without Hydra's app (tests, notebooks): no sweep
+        return None
+    name = sweep_dir.name
+    if not any(c.isalpha() for c in name) and sweep_dir.parent.name:
+        name = f"{sweep_dir.parent.name}_{name}"
+    return name
+
+
+class WandbLogger:
+    """One W&B run for one training run; every call is safe when W&B is unavailable."""
+
+    def __init__(self, cfg, run_dir: Path, wandb_run_id: str | None = None, console=None):
+        self.console = console
+        self.run_dir = Path(run_dir)
+        self.run_id = wandb_run_id or new_run_id()
+        self.run = None
+        self.mode = str(cfg.logger.mode)
+        self._defined: set[str] = set()
+        try:
+            import wandb
+        except Exception as exc:  # a broken install must not stop training
+            self._say(f"W&B: cannot import wandb ({exc}); training continues without W&B.")
+            return
+        self._wandb = wandb
+        try:
+            self._init_kwargs = dict(
+                project=cfg.logger.project, entity=cfg.logger.entity, group=sweep_group(cfg),
+                job_type=cfg.algorithm.name, name=run_name(cfg),
+                tags=list(cfg.logger.tags) or None, config=self._config(cfg),
+                dir=str(self.run_dir), id=self.run_id, resume="allow",
+                reinit="finish_previous", allow_val_change=True)
+        except Exception as exc:
+            self._say(f"W&B: cannot read the logger config ({exc}); training continues "
+                      "without W&B.")
+            return
+        if self.mode == "online" and not self._has_key():
+            self._say("W&B: no API key (run `wandb login` or set WANDB_API_KEY); logging "
+                      "offline instead.")
+            self.mode = "offline"
+        self.run = self._init(self.mode)
+        if self.run is None and self.mode == "online":
+            self.mode = "offline"
+            try:
+                wandb.teardown()  # the failed online attempt keeps its run id "in use"
+            except Exception:
+                pass
+            self.run = self._init("offline")
+        if self.run is None:
+            self._say("W&B: could not start even offline; training continues without W&B.")
+            return
+        self._define_axes()
+
+    # ------------------------------------------------------------------ setup
+    def _config(self, cfg) -> dict:
+        """The resolved config (as written unresolved if an interpolation cannot resolve)."""
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:
+            config = OmegaConf.to_container(cfg, resolve=False)
+        config["run_dir"] = str(self.run_dir)
+        return config
+
+    def _has_key(self) -> bool:
+        """True when an API key is configured; never prompts and never touches the network."""
+        try:
+            return bool(self._wandb.login(prompt=False, verify=False))
+        except Exception:
+            return False
+
+    def _init(self, mode: str):
+        wandb = self._wandb
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            settings = wandb.Settings(
+                init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)),
+                finish_timeout=float(os.environ.get("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT_S)),
+                console="off")  # the console stays rich's and Hydra's
+            return wandb.init(mode=mode, settings=settings, **self._init_kwargs)
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            fallback = "trying offline" if mode == "online" else "giving up on W&B"
+            self._say(f"W&B: {mode} init failed ({first_line}); {fallback}.")
+            return None
+
+    def _define_axes(self) -> None:
+        try:
+            self.run.define_metric("iter")
+            self.run.define_metric("*", step_metric="iter")
+        except Exception as exc:
+            self._lost(exc)
+
+    def _define(self, key: str) -> None:
+        """Accuracies keep their best value in the summary (other keys: the glob's last)."""
+        self._defined.add(key)
+        if key.endswith(BEST_IS_MAX):
+            self.run.define_metric(key, step_metric="iter", summary="max")
+
+    # ------------------------------------------------------------------ logging
+    def log(self, row: dict) -> None:
+        if self.run is None:
+            return
+        try:
+            for key in row:
+                if key not in self._defined:
+                    self._define(key)
+            self.run.log({k: v for k, v in row.items() if v is not None})
+        except Exception as exc:
+            self._lost(exc)
+
+    def finish(self, summary: dict, failed: bool = False) -> None:
+        """Write the final summary and close the run (exit code 1 when the job failed)."""
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        try:
+            final = {f"final/{k}" if k.endswith(BEST_IS_MAX) else k: v
+                     for k, v in summary.items() if k != "config" and v is not None}
+            final["status"] = "failed" if failed else summary.get("status", "finished")
+            run.summary.update(final)  # the config is the run's config already
+            run.finish(exit_code=1 if failed else 0)
+        except Exception as exc:
+            self._say(f"W&B: could not finish the run cleanly ({exc}); the local files in "
+                      f"{self.run_dir} are complete.")
+        if self.mode == "offline":
+            sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None) or \
+                self.run_dir / "wandb"
+            self._say(f"W&B: offline run saved; upload it later with: wandb sync {sync_dir}")
+
+    def _lost(self, exc: Exception) -> None:
+        """A W&B call failed mid-run: stop using W&B for this run, keep training."""
+        self._say(f"W&B: logging failed ({exc}); training continues without W&B.")
+        try:
+            self.run.finish(exit_code=1)
+        except Exception:
+            pass
+        self.run = None
+
+    def _say(self, line: str) -> None:
+        if self.console is not None:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            import sys
+
+            print(line, file=sys.stderr)

@@ -1,0 +1,192 @@
+"""Real ``otpe-train -m`` sweeps in a subprocess (basic, joblib and submitit_local launchers),
+a failing job that keeps the others' results, the experiment presets and the launcher configs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import otpe_cli.config  # noqa: F401  (registers the schemas)
+from otpe_cli.logs import read_metrics
+
+#: seconds per job: the real trainer at tiny sizes
+TINY_SWEEP = ["debug=quick", "trainer.iterations=2", "dataset.num_steps=10", "model.width=8",
+              "trainer.batch_size=8", "dataset.test_samples_per_class=5",
+              "trainer.progress=lines"]
+#: bptt has no online mode: validation refuses that job, deterministically, before training
+FAILING_PAIR = ["trainer.update=online", "algorithm=bptt,otpe"]
+
+
+def summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def assert_one_failed_one_kept(res, sweep: Path) -> None:
+    assert res.returncode != 0  # the sweep reports the failure ...
+    failed, good = sweep / "0_bptt_d3_s0", sweep / "1_otpe_d3_s0"
+    bad = summary(failed)
+    assert bad["status"] == "failed"
+    assert "trainer.update=online is not defined for algorithm=bptt" in bad["error"]
+    assert bad["config"]["algorithm"] == "bptt" and bad["config"]["update"] == "online"
+    kept = summary(good)  # ... and the good job's results are all there
+    assert kept["status"] == "finished" and kept["iter"] == 2
+    assert [r["iter"] for r in read_metrics(good / "metrics.jsonl")] == [1, 2]
+    assert (good / ".hydra" / "overrides.yaml").exists()
+    assert (sweep / "multirun.yaml").exists()
+
+
+def test_basic_launcher_sweep_keeps_the_good_job_when_one_fails(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert_one_failed_one_kept(res, sweep)
+    assert "trainer.update=online is not defined" in res.stderr
+
+
+def test_joblib_sweep_runs_parallel_jobs_and_survives_a_failure(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, "hydra/launcher=local_parallel",
+               "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert "Joblib.Parallel" in res.stdout + res.stderr
+    assert_one_failed_one_kept(res, sweep)
+
+
+def test_submitit_local_sweep(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, "algorithm=ottt,otpe", "model.depth=2",
+               "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0_ottt_d2_s0", "1_otpe_d2_s0"):
+        assert summary(sweep / job)["status"] == "finished"
+    assert list((sweep / ".submitit").glob("*/*_log.out"))  # submitit's own logs
+
+
+def _submitit_task_pid(sweep: Path) -> int | None:
+    """The process running a submitit_local job of this sweep (its command names the folder)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmd and str(sweep) in cmd:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow  # about 20 s: a job that is signalled, requeued and resumed (pytest -m slow)
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the job process through /proc")
+def test_submitit_requeue_checkpoints_and_resumes(tmp_path):
+    """submitit's time-limit / preemption signal (USR2) makes the trainer checkpoint; submitit
+    requeues the job, which resumes from the checkpoint and finishes."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY_SWEEP, "trainer.iterations=600", "trainer.eval_every=0",
+            "trainer.align_every=0", "trainer.log_every=1", "trainer.checkpoint_every=0",
+            "algorithm=ottt", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"]
+    exe = Path(sys.executable).with_name("otpe-train")
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([str(exe) if exe.exists() else "otpe-train", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = sweep / "0_ottt_d3_s0"
+    try:
+        deadline = time.time() + 120
+        while len(read_metrics(job / "metrics.jsonl")) < 10:
+            assert proc.poll() is None and time.time() < deadline, "the job did not start"
+            time.sleep(0.1)
+        pid = _submitit_task_pid(sweep)
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR2)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    assert "submitit requeues the job" in logs and "Requeued job" in logs
+    assert "resuming" in logs
+    done = summary(job)
+    assert done["status"] == "finished" and done["iter"] == 600
+    assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(range(1, 601))
+
+
+def test_a_preset_runs_as_one_command_and_command_line_narrows_its_sweep(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", "experiment=trandman_compare", *TINY_SWEEP, "algorithm=otpe,bptt",
+               "trainer.seed=0", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").exists())
+    assert jobs == ["0_otpe_d3_s0", "1_bptt_d3_s0"]
+    config = summary(sweep / jobs[0])["config"]
+    assert (config["dataset"], config["encoding"], config["depth"]) == ("trandman", "time", 3)
+
+
+# ------------------------------------------------------------------ configs (compose API)
+def compose_with_hydra(overrides):
+    with initialize_config_module(config_module="otpe_cli.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides),
+                       return_hydra_config=True)
+
+
+def _values(text) -> list[str]:
+    return [v.strip() for v in str(text).split(",")]
+
+
+@pytest.mark.parametrize("preset, dataset, encoding", [
+    ("randman_compare", "randman", "rate"), ("trandman_compare", "trandman", "time")])
+def test_comparison_presets_hold_the_paper_protocol(preset, dataset, encoding):
+    from otpe_cli.algorithms import ALGORITHMS
+
+    cfg = compose_with_hydra([f"experiment={preset}"])
+    assert (cfg.dataset.name, cfg.encoding.name) == (dataset, encoding)
+    assert (cfg.model.depth, cfg.model.width, cfg.trainer.iterations) == (3, 128, 5000)
+    params = cfg.hydra.sweeper.params
+    assert sorted(_values(params.algorithm)) == sorted(ALGORITHMS)
+    assert _values(params["trainer.seed"]) == ["0", "1", "2"]
+    assert preset in str(cfg.hydra.sweep.dir)
+
+
+def test_depth_sweep_preset():
+    from otpe_cli.algorithms import ALGORITHMS
+
+    cfg = compose_with_hydra(["experiment=depth_sweep"])
+    params = cfg.hydra.sweeper.params
+    assert _values(params["model.depth"]) == ["2", "3", "4", "5"]
+    assert set(_values(params.algorithm)) <= set(ALGORITHMS) and "bptt" in params.algorithm
+    assert _values(params["trainer.seed"]) == ["0", "1", "2"]
+    assert (cfg.model.width, cfg.trainer.iterations) == (128, 5000)
+    # a dataset override on the command line still wins over the preset
+    assert compose_with_hydra(["experiment=depth_sweep", "dataset=trandman"]).dataset.name \
+        == "trandman"
+
+
+def test_launcher_configs():
+    from otpe_cli.cli import _threads_per_job
+
+    slurm = compose_with_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    for key in ("partition", "gpus_per_node", "timeout_min", "array_parallelism",
+                "cpus_per_task", "max_num_timeout"):
+        assert key in slurm
+    assert slurm.max_num_timeout > 0 and slurm.additional_parameters.requeue is True
+    over = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                               "hydra.launcher.gpus_per_node=2",
+                               "hydra.launcher.timeout_min=30"]).hydra.launcher
+    assert (over.partition, over.gpus_per_node, over.timeout_min) == ("gpu", 2, 30)
+    local = compose_with_hydra(["hydra/launcher=local_parallel"]).hydra.launcher
+    assert local._target_.endswith("JoblibLauncher") and "n_jobs" in local
+    # one torch thread per parallel local job; a SLURM job uses its CPU allocation
+    assert _threads_per_job(local) == 1
+    assert _threads_per_job(slurm) == slurm.cpus_per_task
+    submitit_local = compose_with_hydra(["hydra/launcher=submitit_local"]).hydra.launcher
+    assert _threads_per_job(submitit_local) == 1
+    basic = compose_with_hydra([]).hydra.launcher
+    assert _threads_per_job(basic) is None
+    assert OmegaConf.to_container(slurm, resolve=False)  # a plain, complete node
