@@ -405,34 +405,40 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
     ncols = max(len(layouts[d][1]) for d in datasets)
     live = ("finished", "in progress")
 
-    # test accuracy over iterations: rows = datasets, columns = depths
-    fig, axes = _grid(plt, len(datasets), ncols)
-    for i, dataset in enumerate(datasets):
-        labels, depths = layouts[dataset]
-        groups = tables.groups(dataset, live)
-        for j in range(ncols):
-            ax = axes[i][j]
-            if j >= len(depths):
-                ax.axis("off")
-                continue
-            for label in labels:
-                its, mean, std = _curve(groups.get((label, depths[j]), []), "test/acc")
-                if not its:
+    def dataset_by_depth_panels():
+        """Rows = datasets, columns = depths: yields (axes, dataset, depth, labels, groups)."""
+        fig, axes = _grid(plt, len(datasets), ncols)
+        for i, dataset in enumerate(datasets):
+            labels, depths = layouts[dataset]
+            groups = tables.groups(dataset, live)
+            for j in range(ncols):
+                if j >= len(depths):
+                    axes[i][j].axis("off")
                     continue
-                ax.plot(its, mean, marker="o" if len(its) < 3 else None, ms=3,
-                        label=label, color=color[label])
-                ax.fill_between(its, [m - s for m, s in zip(mean, std)],
-                                [m + s for m, s in zip(mean, std)], color=color[label],
-                                alpha=0.2, lw=0)
-            ax.set(title=f"{dataset}, depth {depths[j]}", xlabel="iteration",
-                   ylabel="test accuracy")
-            ax.grid(alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / FIGURES[0])
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+                yield axes[i][j], dataset, depths[j], labels, groups
+                axes[i][j].grid(alpha=0.3)
+                if axes[i][j].has_data():
+                    axes[i][j].legend(fontsize=7)
+        save(fig)
+
+    def save(fig):
+        fig.tight_layout()
+        written.append(out / FIGURES[len(written)])
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    # test accuracy over iterations
+    for ax, dataset, depth, labels, groups in dataset_by_depth_panels():
+        for label in labels:
+            its, mean, std = _curve(groups.get((label, depth), []), "test/acc")
+            if not its:
+                continue
+            ax.plot(its, mean, marker="o" if len(its) < 3 else None, ms=3,
+                    label=label, color=color[label])
+            ax.fill_between(its, [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], color=color[label],
+                            alpha=0.2, lw=0)
+        ax.set(title=f"{dataset}, depth {depth}", xlabel="iteration", ylabel="test accuracy")
 
     # final accuracy against depth: one panel per dataset
     fig, axes = _grid(plt, 1, len(datasets))
@@ -454,47 +460,29 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / FIGURES[1])
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save(fig)
 
-    # per-layer cosine to BPTT: rows = datasets, columns = depths; BPTT itself is 1 everywhere
-    fig, axes = _grid(plt, len(datasets), ncols)
-    for i, dataset in enumerate(datasets):
-        labels, depths = layouts[dataset]
-        groups = tables.groups(dataset, live)
-        for j in range(ncols):
-            ax = axes[i][j]
-            if j >= len(depths):
-                ax.axis("off")
+    # per-layer cosine to BPTT (BPTT itself is 1 everywhere)
+    for ax, dataset, depth, labels, groups in dataset_by_depth_panels():
+        for label in labels:
+            if label.split(" [")[0] == "bptt":
                 continue
-            for label in labels:
-                if label.split(" [")[0] == "bptt":
-                    continue
-                per_layer = defaultdict(list)
-                for r in groups.get((label, depths[j]), []):
-                    for layer, cos in _layer_cosines(r).items():
-                        per_layer[layer].append(cos)
-                if not per_layer:
-                    continue
-                layers = sorted(per_layer)
-                stats = [mean_std(per_layer[k]) for k in layers]
-                ax.errorbar([k + 1 for k in layers], [m for m, _ in stats],
-                            yerr=[s or 0.0 for _, s in stats], marker="o", capsize=3,
-                            label=label, color=color[label])
-            ax.set(title=f"{dataset}, depth {depths[j]}", xlabel="layer (last = output)",
-                   ylabel="cosine to BPTT (weights)")
-            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-            if isinstance(depths[j], int):
-                ax.set_xticks(range(1, depths[j] + 1))
-            ax.grid(alpha=0.3)
-            if ax.has_data():
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / FIGURES[2])
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+            per_layer = defaultdict(list)
+            for r in groups.get((label, depth), []):
+                for layer, cos in _layer_cosines(r).items():
+                    per_layer[layer].append(cos)
+            if not per_layer:
+                continue
+            layers = sorted(per_layer)
+            stats = [mean_std(per_layer[k]) for k in layers]
+            ax.errorbar([k + 1 for k in layers], [m for m, _ in stats],
+                        yerr=[s or 0.0 for _, s in stats], marker="o", capsize=3,
+                        label=label, color=color[label])
+        ax.set(title=f"{dataset}, depth {depth}", xlabel="layer (last = output)",
+               ylabel="cosine to BPTT (weights)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        if isinstance(depth, int):
+            ax.set_xticks(range(1, depth + 1))
     return written
 
 
