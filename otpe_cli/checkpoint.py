@@ -1,7 +1,15 @@
-"""Run checkpoints: written atomically, loaded with ``weights_only=True`` (no pickled code)."""
+"""Run checkpoints: written atomically, loaded with ``weights_only=True`` (no pickled code).
+
+A checkpoint is one dict of tensors and plain values (numbers, strings, lists, dicts, None).
+``save_atomic`` writes it beside the target, fsyncs it and renames it over the target, so a
+crash or a kill mid-write leaves the previous good checkpoint in place. A checkpoint that cannot
+be read is never replaced or deleted: the run stops with one sentence naming the file.
+"""
 from __future__ import annotations
 
 import os
+import pickle
+import random
 import tempfile
 from pathlib import Path
 
@@ -9,36 +17,100 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: the keys every checkpoint of this version holds (checked before anything is restored)
+REQUIRED_KEYS = ("fingerprint", "iteration", "model", "optimizer", "batch_gen", "torch_rng",
+                 "numpy_rng")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is unreadable or belongs to a different run configuration."""
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_atomic(state: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``:
     a partial write never replaces a good checkpoint."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be written ({exc.strerror or exc}); "
+                              "the previous checkpoint, if any, is kept.") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # like any other output file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, quota, a vanished folder
+            raise CheckpointError(f"checkpoint {path} cannot be written "
+                                  f"({exc.strerror or exc}); the previous checkpoint, if any, "
+                                  "is kept.") from None
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files that a killed writer (SIGKILL, power loss) left beside ``path``."""
+    path = Path(path)
+    for tmp in path.parent.glob(path.name + ".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def load(path: Path) -> dict:
+    """Load a checkpoint without running pickled code; anything unreadable → CheckpointError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or holding objects weights_only refuses
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # a reference to code (a class, a function): refused
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain values, so it "
+                "was not loaded (torch.load with weights_only=True runs no pickled code); it is "
+                "not a checkpoint of otpe-train — move it away to start this run afresh."
+            ) from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # truncated, corrupt, empty, not a torch file at all
+        raise _unreadable(path, exc) from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be truncated or "
-            "corrupt. Move it away to start this run afresh; nothing else was changed.") from exc
+            f"checkpoint {path} is not an otpe-train checkpoint (missing "
+            f"{', '.join(missing)}); move it away to start this run afresh — nothing was "
+            "changed.")
+    return state
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # torch's weights_only errors open with a long generic paragraph: keep the telling line
+    telling = [line for line in lines if line.startswith(("Unsupported", "Trying to load"))]
+    detail = ((telling or lines or [""])[0]).split(". ")[0].rstrip(".")[:160]
+    detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return CheckpointError(
+        f"checkpoint {path} cannot be read ({detail}): it may be truncated or corrupt, and it "
+        "was left in place with nothing else changed — move it away to start this run afresh.")
 
 
 def numpy_rng_state() -> dict:
@@ -52,11 +124,55 @@ def set_numpy_rng_state(state: dict) -> None:
                          state["has_gauss"], state["cached"]))
 
 
+def python_rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss}
+
+
+def set_python_rng_state(state: dict) -> None:
+    random.setstate((state["version"], tuple(int(v) for v in state["state"].tolist()),
+                     state["gauss"]))
+
+
+def _flatten(value, prefix: str, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _as_tree(value):
+    """A fingerprint entry as plain data (older checkpoints kept config groups as YAML text)."""
+    if isinstance(value, str) and "\n" in value:
+        import yaml
+
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
 def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
-    """Refuse a checkpoint made with a different model, algorithm or data config."""
-    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
-             for k, v in current.items() if saved.get(k) != v]
+    """Refuse a checkpoint made with a different model, algorithm, optimizer or data config,
+    naming every key that differs (``model.width: 16 in the checkpoint, 32 now``)."""
+    if not isinstance(saved, dict):
+        saved = {}
+    old = _flatten({k: _as_tree(v) for k, v in saved.items()}, "", {})
+    new = _flatten({k: _as_tree(v) for k, v in current.items()}, "", {})
+    missing = object()
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing or b is missing or a != b:
+            show = lambda v: "absent" if v is missing else repr(v)  # noqa: E731
+            diffs.append(f"{key} is {show(a)} in the checkpoint but {show(b)} now")
     if diffs:
-        raise CheckpointError(f"checkpoint {path} was made with a different configuration — "
-                              + "; ".join(diffs)
-                              + ". Use another run directory (hydra.run.dir=...) for this config.")
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"checkpoint {path} was made with a different configuration ({shown}), so it is "
+            "kept as it is: resume with the checkpoint's settings, or give this config its own "
+            "run directory with hydra.run.dir=DIR.")

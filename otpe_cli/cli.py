@@ -106,16 +106,18 @@ def _hydra_main(cfg):
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
     if multirun and "submitit" in launcher:
         handover = _SubmititHandover()
-    if multirun and _threads_per_job(hc.launcher):
+    threads = _threads_per_job(hc.launcher) if multirun else None
+    if threads:
         import torch
 
-        torch.set_num_threads(_threads_per_job(hc.launcher))
+        torch.set_num_threads(threads)
     try:
         summary = run(cfg, run_dir)
     except Interrupted as exc:
         if handover is not None and handover.relayed:
-            log.warning("%s: checkpoint saved in %s; submitit requeues the job, which resumes "
-                        "from it", exc, run_dir)
+            log.warning("%s from submitit (time limit or preemption): checkpoint saved in %s; "
+                        "submitit requeues the job, which resumes from it",
+                        signal.Signals(handover.signum).name, run_dir)
             handover.requeue()
         log.warning("%s: checkpoint saved in %s; run the same command with hydra.run.dir=%s "
                     "to resume", exc, run_dir, run_dir)
@@ -130,8 +132,39 @@ def _hydra_main(cfg):
     return summary.get("test/acc")
 
 
+def _run_dir_problem(argv: list[str]) -> str | None:
+    """Hydra creates the run directory before any of our code runs and answers a failure with a
+    traceback; an explicit ``hydra.run.dir=DIR`` of a single run is checked here first."""
+    if any(a.startswith("-") for a in argv):  # --multirun, --help, --cfg ...: not one run
+        return None
+    for arg in argv:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key != "hydra.run.dir" or not value or "${" in value:
+            continue
+        path = Path(value)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                           None)
+            why = f"{blocker} is a file" if blocker else (exc.strerror or str(exc))
+            return (f"the run directory {path} cannot be created or written ({why}); choose "
+                    "another with hydra.run.dir=DIR.")
+    return None
+
+
 def main() -> None:
-    _hydra_main()
+    problem = _run_dir_problem(sys.argv[1:])
+    if problem:
+        print(f"otpe-train: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints on it)
+        print("otpe-train: interrupted; run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -70,14 +71,41 @@ def config_choices(cfg) -> dict:
     }
 
 
+#: dataset keys that say where the data lives or how it is fetched, not what it is: a resumed
+#: run may find its data elsewhere
+DATA_LOCATION_KEYS = ("root", "cache", "cache_dir", "download", "download_timeout")
+
+
 def fingerprint(cfg) -> dict:
-    """What a checkpoint must match to be resumed: model, algorithm, data and update mode."""
+    """What a checkpoint must match to be resumed: model, algorithm, optimizer, data, update
+    mode, batch size, seed and dtype (plain data, so that a refusal can name the key).
+
+    Free to change on resume: the number of iterations (to train a finished run further), how
+    often to log, evaluate, align and checkpoint, the device, ``on_nan``, progress and logger.
+    """
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True)
+
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in DATA_LOCATION_KEYS}
     return {
-        "model": OmegaConf.to_yaml(cfg.model), "algorithm": OmegaConf.to_yaml(cfg.algorithm),
-        "dataset": OmegaConf.to_yaml(cfg.dataset), "encoding": cfg.encoding.name,
-        "update": cfg.trainer["update"], "batch_size": cfg.trainer.batch_size,
-        "seed": cfg.trainer.seed, "dtype": cfg.trainer.dtype,
+        "model": plain(cfg.model), "algorithm": plain(cfg.algorithm),
+        "optimizer": plain(cfg.optimizer), "dataset": dataset,
+        "encoding": cfg.encoding.name,
+        "trainer": {"update": cfg.trainer["update"], "batch_size": cfg.trainer.batch_size,
+                    "seed": cfg.trainer.seed, "dtype": cfg.trainer.dtype},
     }
+
+
+def _legacy_fingerprint(saved: dict, current: dict) -> tuple[dict, dict]:
+    """Checkpoints written before the optimizer was part of the fingerprint kept the config
+    groups as YAML text and the trainer keys at the top: compare what they hold."""
+    tree = {k: ckpt._as_tree(saved.get(k)) for k in ("model", "algorithm", "dataset")}
+    if isinstance(tree["dataset"], dict):
+        tree["dataset"] = {k: v for k, v in tree["dataset"].items()
+                           if k not in DATA_LOCATION_KEYS}
+    tree["encoding"] = saved.get("encoding")
+    tree["trainer"] = {k: saved.get(k) for k in ("update", "batch_size", "seed", "dtype")}
+    return tree, {k: v for k, v in current.items() if k != "optimizer"}
 
 
 class Trainer:
@@ -97,7 +125,8 @@ class Trainer:
         self.data = build_dataset(cfg.dataset, cfg.encoding.name)
         if self.data.train_size is not None and t.batch_size > self.data.train_size:
             raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the training set "
-                             f"({self.data.train_size} samples).")
+                             f"({self.data.train_size} samples): choose trainer.batch_size="
+                             f"{self.data.train_size} or less.")
         m = cfg.model
         sizes = [self.data.num_inputs] + [m.width] * (m.depth - 1) + [self.data.num_classes]
         init_gen = torch.Generator().manual_seed(t.seed)  # same init for every algorithm
@@ -118,6 +147,7 @@ class Trainer:
         self.elapsed = 0.0
         self.wandb_run_id = None
         self.checkpoint_path = self.run_dir / ckpt.CHECKPOINT_NAME
+        self.checkpoint_iteration: int | None = None  # the iteration checkpoint.pt holds
         if self.checkpoint_path.exists():
             self._load_checkpoint()
         self._signal = None
@@ -131,7 +161,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "batch_gen": self.batch_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "numpy_rng": ckpt.numpy_rng_state(),
+            "python_rng": ckpt.python_rng_state(),
             "best": self.best, "window": self.window, "align_sums": self.align_sums,
             "align_count": self.align_count, "skipped": self.skipped,
             "elapsed": self._wall(),
@@ -144,37 +176,66 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         ckpt.save_atomic(self._state(), self.checkpoint_path)
+        self.checkpoint_iteration = self.iteration
 
     def _load_checkpoint(self) -> None:
-        state = ckpt.load(self.checkpoint_path)
-        ckpt.compare_fingerprints(state.get("fingerprint", {}), fingerprint(self.cfg),
-                                  self.checkpoint_path)
+        """Restore everything a checkpoint holds, or refuse it with one sentence (the file is
+        never changed here)."""
+        path = self.checkpoint_path
+        state = ckpt.load(path)
+        saved, current = state["fingerprint"], fingerprint(self.cfg)
+        if isinstance(saved, dict) and "trainer" not in saved and "update" in saved:
+            saved, current = _legacy_fingerprint(saved, current)
+        ckpt.compare_fingerprints(saved, current, path)
         try:
+            iteration = int(state["iteration"])
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.batch_gen.set_state(state["batch_gen"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             ckpt.set_numpy_rng_state(state["numpy_rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ckpt.CheckpointError(f"checkpoint {self.checkpoint_path} does not fit this "
-                                       f"run ({exc}).") from exc
-        self.iteration = state["iteration"]
-        self.best, self.window = state["best"], state["window"]
-        self.align_sums, self.align_count = state["align_sums"], state["align_count"]
-        self.skipped, self.elapsed = state["skipped"], state["elapsed"]
+            if "python_rng" in state:
+                ckpt.set_python_rng_state(state["python_rng"])
+            best, window = dict(state.get("best", {})), dict(state.get("window", {}))
+            align_sums = dict(state.get("align_sums", {}))
+            align_count, skipped = int(state.get("align_count", 0)), int(state.get("skipped", 0))
+            elapsed = float(state.get("elapsed", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError,
+                AttributeError) as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit this run ({detail}); "
+                                       "it is kept as it is — use another run directory "
+                                       "(hydra.run.dir=DIR) for this config.") from None
+        self.iteration = self.checkpoint_iteration = iteration
+        self.best, self.window = best, window
+        self.align_sums, self.align_count = align_sums, align_count
+        self.skipped, self.elapsed = skipped, elapsed
         self.wandb_run_id = state.get("wandb_run_id")
 
     # ----------------------------------------------------------------- one iteration
-    def _check_finite(self, loss: float, grads) -> bool:
-        ok = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
-        if ok:
+    def _check_finite(self, loss: float, grads, count: bool = True) -> bool:
+        """True when the loss and every gradient are finite. Otherwise ``on_nan=stop`` raises
+        NonFiniteError (nothing is saved: checkpoint.pt keeps the last good state) and
+        ``on_nan=skip`` counts the skipped update (when ``count``) and returns False."""
+        bad = [n for n, g in zip(self.param_names, grads) if not bool(torch.isfinite(g).all())]
+        if math.isfinite(loss) and not bad:
             return True
         if self.cfg.trainer.on_nan == "stop":
+            what = f"loss {loss}" if not math.isfinite(loss) else \
+                f"gradient of {', '.join(bad)}"
+            if self.checkpoint_iteration is not None:
+                kept = (f"the last good checkpoint ({self.checkpoint_path}, iteration "
+                        f"{self.checkpoint_iteration}) is kept")
+            else:
+                kept = "no checkpoint had been written yet (trainer.checkpoint_every)"
             raise NonFiniteError(
-                f"non-finite loss or gradient at iteration {self.iteration + 1} "
-                f"(loss {loss}); the last good checkpoint is kept. Lower optimizer.lr or set "
-                "trainer.on_nan=skip to skip such updates.")
-        self.skipped += 1
+                f"non-finite {what} at iteration {self.iteration + 1}, so the run stopped and "
+                f"{kept}; lower optimizer.lr in a new run directory, or rerun the same command "
+                "with trainer.on_nan=skip to skip such updates.")
+        if count:
+            self.skipped += 1
         return False
 
     def _apply(self, grads) -> None:
@@ -201,12 +262,14 @@ class Trainer:
                 ref = self.reference.gradients(self.model, x, y)[0]
                 row.update(alignment(self._as_dict(seq), self._as_dict(ref)))
 
-            def on_step(step_grads):
+            def on_step(step_grads):  # one optimizer step per time step: skip / count each
                 if self._check_finite(0.0, step_grads):
                     self._apply(step_grads)
 
             stats = self.algorithm.train_online(self.model, x, y, on_step)
-            self._check_finite(stats.loss, [])
+            # a non-finite loss stops the run (on_nan=stop); with skip, the steps whose
+            # gradients were not finite were skipped and counted above already
+            self._check_finite(stats.loss, [], count=False)
         row["train/loss"] = stats.loss
         row["train/acc"] = float(stats.correct(y).double().mean())
         for name, rate in zip(self.model.layer_names(), stats.rates):
@@ -257,21 +320,41 @@ class Trainer:
         self._signal = signum
 
     def finished_summary(self) -> dict | None:
-        """The summary of this run if it already trained all its iterations, else None."""
+        """The summary of this run if it already trained all its iterations, else None.
+
+        Without a checkpoint (moved away to save space), a finished summary.json of the same
+        config choices still counts as finished; one of other choices is refused rather than
+        overwritten."""
         path = self.run_dir / SUMMARY_NAME
-        if path.exists() and self.iteration >= self.cfg.trainer.iterations:
-            summary = json.loads(path.read_text())
-            if summary.get("status") == "finished":
-                return summary
-        return None
+        try:
+            summary = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, ValueError):
+            summary = None  # torn or unreadable: a resumed run writes it anew
+        if not isinstance(summary, dict) or summary.get("status") != "finished":
+            return None
+        if self.checkpoint_iteration is not None:
+            return summary if self.iteration >= self.cfg.trainer.iterations else None
+        choices = json.loads(json.dumps(config_choices(self.cfg), default=str))
+        if summary.get("config") == choices:
+            return summary
+        theirs = summary.get("config") or {}
+        diffs = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in choices.items()
+                 if theirs.get(k) != v]
+        raise ValueError(f"the run directory {self.run_dir} holds the finished results of a "
+                         f"different run ({'; '.join(diffs) or 'other settings'}) and no "
+                         "checkpoint; they are left as they are — give this config its own run "
+                         "directory with hydra.run.dir=DIR.")
 
     def train(self) -> dict:
         t = self.cfg.trainer
         self.logger = RunLogger(self.run_dir, self.cfg, t.iterations, self.iteration,
                                 f"{self.algorithm.name}", self.wandb_run_id)
-        self.logger.metrics.truncate_after(self.iteration)
-        previous = {s: signal.signal(getattr(signal, s), self._on_signal) for s in STOP_SIGNALS
-                    if hasattr(signal, s)}
+        self.logger.metrics.truncate_after(self.iteration)  # rows after the checkpoint go
+        ckpt.remove_stale_temporaries(self.checkpoint_path)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # (signals need it)
+            previous = {s: signal.signal(getattr(signal, s), self._on_signal)
+                        for s in STOP_SIGNALS if hasattr(signal, s)}
         self._t0 = time.time()
         try:
             last_eval = self._loop()

@@ -1,0 +1,547 @@
+"""Faults and bad input: non-finite values, determinism, and a catalogue of bad inputs.
+
+Every bad input must end with one clear sentence naming the problem, a non-zero exit code, no
+Python traceback, and the run directory's existing results and checkpoint untouched (same bytes,
+same mtime). One real ``otpe-train`` process per kind of failure (started all at once, so the
+catalogue costs about one process's time); the many variants of each kind are checked in
+process through the same code (``cli.run``), whose exceptions the CLI turns into that sentence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, compose_cfg
+from otpe_cli import checkpoint as ckpt
+from otpe_cli.algorithms import Algorithm
+from otpe_cli.cli import USER_ERRORS, run
+from otpe_cli.config import validate
+from otpe_cli.logs import read_metrics
+from otpe_cli.trainer import Interrupted, NonFiniteError, Trainer
+
+try:  # the SHD fixtures come with the SHD data set; without them the SHD cases are skipped
+    from shd_fixtures import make_hsd
+except ImportError:  # pragma: no cover
+    make_hsd = None
+
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TIMEOUT = 300
+BASE = [o for o in TINY if not o.startswith(("trainer.checkpoint_every", "trainer.log_every",
+                                             "trainer.align_every"))]
+#: 12 iterations, a checkpoint every 4, a row every iteration, no alignment (so that the
+#: algorithm's gradients are computed exactly once per iteration)
+NAN_RUN = ["dataset=trandman", "algorithm=otpe", "trainer.iterations=12", "dataset.num_steps=10",
+           *BASE, "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.align_every=0"]
+#: the finished run whose files every bad input must leave alone
+VICTIM = ["dataset=randman", "algorithm=otpe", "trainer.iterations=8", "dataset.num_steps=10",
+          *BASE, "trainer.checkpoint_every=4", "trainer.log_every=2", "trainer.align_every=4"]
+KEPT = ("checkpoint.pt", "metrics.jsonl", "summary.json")
+GARBAGE = bytes((i * 7919 + 13) % 251 for i in range(5000))  # fixed: the same error every run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {name: ((run_dir / name).read_bytes(), (run_dir / name).stat().st_mtime_ns)
+            for name in KEPT if (run_dir / name).exists()}
+
+
+# ============================================================================ non-finite values
+def nan_in_offline_gradients(monkeypatch, at: int, loss: bool = False):
+    """The algorithm's offline gradient (or loss) is NaN in iteration ``at`` (1-based)."""
+    original, calls = Algorithm.gradients, []
+
+    def gradients(self, model, x, y):
+        grads, stats = original(self, model, x, y)
+        calls.append(1)
+        if len(calls) == at:
+            if loss:
+                stats = dataclasses.replace(stats, loss=math.nan)
+            else:
+                grads = [g.clone() for g in grads]
+                grads[0][0, 0] = math.nan
+        return grads, stats
+
+    monkeypatch.setattr(Algorithm, "gradients", gradients)
+
+
+def nan_in_online_step(monkeypatch, at: int, step: int, loss: bool = False):
+    """In online mode, time step ``step`` of iteration ``at`` gives a NaN gradient of
+    layers.1.weight (or the sequence's loss is NaN)."""
+    original, calls = Algorithm.train_online, []
+
+    def train_online(self, model, x, y, on_step):
+        calls.append(1)
+        steps = []
+
+        def patched(grads):
+            steps.append(1)
+            if len(calls) == at and len(steps) == step and not loss:
+                grads = [g.clone() for g in grads]
+                grads[2][0, 0] = math.inf
+            on_step(grads)
+
+        stats = original(self, model, x, y, patched)
+        if len(calls) == at and loss:
+            stats = dataclasses.replace(stats, loss=math.nan)
+        return stats
+
+    monkeypatch.setattr(Algorithm, "train_online", train_online)
+
+
+def count_updates(monkeypatch) -> list:
+    applied = []
+    original = Trainer._apply
+
+    def _apply(self, grads):
+        applied.append(self.iteration + 1)
+        return original(self, grads)
+
+    monkeypatch.setattr(Trainer, "_apply", _apply)
+    return applied
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_non_finite_gradient_stops_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path,
+                                                                      monkeypatch, mode):
+    over = [*NAN_RUN, f"trainer.update={mode}"]
+    with monkeypatch.context() as m:
+        if mode == "offline":
+            nan_in_offline_gradients(m, at=7)
+            bad = "layers.0.weight"
+        else:
+            nan_in_online_step(m, at=6, step=3)
+            bad = "layers.1.weight"
+        with pytest.raises(NonFiniteError) as err:
+            run(make_cfg(over), tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    message = str(err.value)
+    assert "\n" not in message
+    at = 7 if mode == "offline" else 6
+    assert f"non-finite gradient of {bad} at iteration {at}" in message
+    assert f"last good checkpoint ({path}, iteration 4) is kept" in message
+    assert "trainer.on_nan=skip" in message
+    state = ckpt.load(path)
+    assert state["iteration"] == 4
+    assert all(bool(torch.isfinite(p).all()) for p in state["model"].values())
+    assert not (tmp_path / "run" / "summary.json").exists()
+    # the kept checkpoint is good: resuming it (without the fault) ends exactly like a clean run
+    run(make_cfg(over), tmp_path / "clean")
+    run(make_cfg(over), tmp_path / "run")
+    assert strip_time(read_metrics(tmp_path / "run" / "metrics.jsonl")) == \
+        strip_time(read_metrics(tmp_path / "clean" / "metrics.jsonl"))
+
+
+def test_non_finite_loss_stops_the_run(make_cfg, tmp_path, monkeypatch):
+    nan_in_offline_gradients(monkeypatch, at=2, loss=True)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan at iteration 2, .*no "
+                                             r"checkpoint had been written yet"):
+        run(make_cfg([*NAN_RUN, "trainer.checkpoint_every=0"]), tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_non_finite_loss_online_stops_the_run(make_cfg, tmp_path, monkeypatch):
+    nan_in_online_step(monkeypatch, at=5, step=0, loss=True)
+    with pytest.raises(NonFiniteError, match="non-finite loss nan at iteration 5"):
+        run(make_cfg([*NAN_RUN, "trainer.update=online"]), tmp_path)
+    assert ckpt.load(tmp_path / "checkpoint.pt")["iteration"] == 4
+
+
+def test_skip_offline_skips_that_update_and_counts_it(make_cfg, tmp_path, monkeypatch):
+    nan_in_offline_gradients(monkeypatch, at=7)
+    applied = count_updates(monkeypatch)
+    summary = run(make_cfg([*NAN_RUN, "trainer.on_nan=skip"]), tmp_path)
+    assert applied == [i for i in range(1, 13) if i != 7]
+    assert summary["status"] == "finished" and summary["skipped_updates"] == 1
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r.get("train/skipped_updates", 0) for r in rows] == [0] * 6 + [1] * 6
+    state = ckpt.load(tmp_path / "checkpoint.pt")
+    assert state["skipped"] == 1
+    assert all(bool(torch.isfinite(p).all()) for p in state["model"].values())
+
+
+def test_skip_online_skips_that_step_and_counts_it(make_cfg, tmp_path, monkeypatch):
+    nan_in_online_step(monkeypatch, at=6, step=3)
+    applied = count_updates(monkeypatch)
+    summary = run(make_cfg([*NAN_RUN, "trainer.update=online", "trainer.on_nan=skip"]),
+                  tmp_path)
+    assert len(applied) == 12 * 10 - 1 and applied.count(6) == 9  # one time step skipped
+    assert summary["skipped_updates"] == 1
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r.get("train/skipped_updates", 0) for r in rows] == [0] * 5 + [1] * 7
+    model = ckpt.load(tmp_path / "checkpoint.pt")["model"]
+    assert all(bool(torch.isfinite(p).all()) for p in model.values())
+
+
+def test_skip_counts_are_resumed(make_cfg, tmp_path, monkeypatch):
+    over = [*NAN_RUN, "trainer.on_nan=skip"]
+    with monkeypatch.context() as m:
+        nan_in_offline_gradients(m, at=2)
+        trainer = Trainer(make_cfg(over), tmp_path)
+        original = trainer.train_step
+
+        def signal_in_iteration_5(*a):
+            row = original(*a)
+            if trainer.iteration == 4:  # (incremented after this step returns)
+                trainer._signal = 15  # as the SIGTERM handler would
+            return row
+
+        trainer.train_step = signal_in_iteration_5
+        with pytest.raises(Interrupted):
+            trainer.train()
+    assert run(make_cfg(over), tmp_path)["skipped_updates"] == 1
+
+
+# ============================================================================ determinism
+@pytest.mark.parametrize("over", [
+    ["algorithm=f_otpe", "trainer.update=online", "optimizer.lr=2.5e-4"],
+    ["algorithm=ostl", "optimizer=sgd", "optimizer.momentum=0.9"],
+], ids=["online-f_otpe", "offline-ostl-sgd"])
+def test_same_config_and_seed_give_identical_metrics(make_cfg, tmp_path, over):
+    cfg = ["dataset=trandman", "trainer.iterations=10", "dataset.num_steps=10", *TINY, *over]
+    run(make_cfg(cfg), tmp_path / "a")
+    run(make_cfg(cfg), tmp_path / "b")
+    a, b = (strip_time(read_metrics(tmp_path / d / "metrics.jsonl")) for d in "ab")
+    assert a == b and len(a) == 3
+
+
+# ============================================================================ bad input, in process
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory, one_thread) -> Path:
+    """A finished run: results and a checkpoint that no bad input may touch."""
+    run_dir = tmp_path_factory.mktemp("victim") / "run"
+    run(compose_cfg(VICTIM), run_dir)
+    return run_dir
+
+
+def copy_of(victim: Path, dest: Path, unfinished: bool = False) -> Path:
+    shutil.copytree(victim, dest)
+    if unfinished:  # so that the next start tries to resume from the checkpoint
+        (dest / "summary.json").unlink()
+    return dest
+
+
+def refused(cfg, run_dir: Path, *words: str, full_stop: bool = True):
+    """``run`` refuses with one sentence holding ``words``; the existing files are untouched."""
+    before = snapshot(run_dir) if run_dir.exists() else {}
+    with pytest.raises(USER_ERRORS) as err:
+        validate(cfg)
+        run(cfg, run_dir)
+    message = str(err.value)
+    assert "\n" not in message and (message.endswith(".") or not full_stop), message
+    for w in words:
+        assert w in message, (w, message)
+    if before:
+        assert snapshot(run_dir) == before
+    return message
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.width=0"], ["model.width=0 is out of range"]),
+    (["model.depth=-1"], ["model.depth=-1"]),
+    (["model.beta=1.0"], ["model.beta=1.0", "[0, 1)"]),
+    (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1"]),
+    (["trainer.iterations=0"], ["trainer.iterations=0"]),
+    (["trainer.checkpoint_every=-1"], ["trainer.checkpoint_every=-1"]),
+    (["trainer.on_nan=ignore"], ["trainer.on_nan='ignore'", "stop, skip"]),
+    (["trainer.update=sometimes"], ["trainer.update='sometimes'"]),
+    (["trainer.device=tpu"], ["trainer.device='tpu'"]),
+    (["dataset.num_classes=1"], ["dataset.num_classes=1"]),
+    (["algorithm.name=sgdx"], ["algorithm.name='sgdx'"]),
+    (["algorithm=bptt", "trainer.update=online"], ["trainer.update=online", "bptt"]),
+    (["encoding.name=counts"], ["encoding='counts'"]),
+])
+def test_out_of_range_values_are_refused(tmp_path, victim, overrides, words):
+    refused(compose_cfg([*VICTIM, *overrides]), copy_of(victim, tmp_path / "run"), *words)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["trainer.iterations=abc"], ["trainer.iterations", "abc"]),
+    (["model.width=1.5"], ["model.width", "1.5"]),
+    (["trainer.seed=[1,2]"], ["trainer.seed"]),
+    (["trainer.foo=1"], ["trainer.foo"]),
+    (["model.widht=16"], ["model.widht"]),
+    (["dataset=mnist"], ["dataset/mnist", "randman"]),
+    (["algorithm=sgdx"], ["algorithm/sgdx", "otpe"]),
+])
+def test_wrong_types_unknown_keys_and_unknown_choices_are_refused(overrides, words):
+    """Hydra refuses these while composing, naming the key (the CLI prints it, exit 1)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    with pytest.raises((HydraException, OmegaConfBaseException)) as err:
+        compose_cfg([*VICTIM, *overrides])
+    text = str(err.value) + str(err.value.__cause__ or "")
+    for w in words:
+        assert w in text, (w, text)
+
+
+def test_unknown_dataset_name_is_refused(tmp_path, victim):
+    refused(compose_cfg([*VICTIM, "dataset.name=mnist"]), copy_of(victim, tmp_path / "run"),
+            "unknown dataset 'mnist'", full_stop=False)  # data/__init__.py's words
+
+
+class TinySet:
+    """A finite SpikeDataset of 10 samples (stands in for any data set with a training set)."""
+
+    @staticmethod
+    def build(dataset_cfg, encoding):
+        from otpe_cli.data import SpikeDataset
+
+        class Tiny(SpikeDataset):
+            num_inputs, num_classes, num_steps = 50, 10, 10
+            splits = {"test": (torch.zeros(10, 4, 50), torch.zeros(4, dtype=torch.long))}
+
+            @property
+            def train_size(self):
+                return 10
+
+            def train_batch(self, batch_size, generator):
+                return torch.zeros(10, batch_size, 50), torch.zeros(batch_size, dtype=torch.long)
+
+        return Tiny()
+
+
+def test_batch_larger_than_a_finite_data_set_is_refused(tmp_path, victim, monkeypatch):
+    import otpe_cli.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "build_dataset", TinySet.build)
+    refused(compose_cfg([*VICTIM]), copy_of(victim, tmp_path / "run"),
+            "trainer.batch_size=32 is larger than the training set (10 samples)",
+            "trainer.batch_size=10 or less")
+
+
+@pytest.fixture
+def shd_cfg(tmp_path):
+    if make_hsd is None:
+        pytest.skip("no SHD fixtures (tests/shd_fixtures.py)")
+    root = tmp_path / "data"
+    make_hsd(root, "shd")  # 40 training samples, 4 of them held out for validation
+
+    def make(*overrides):
+        return compose_cfg(["dataset=shd", f"dataset.root={root}", "dataset.download=false",
+                            "trainer.iterations=2", "model.width=8", "trainer.batch_size=8",
+                            "trainer.progress=none", *overrides])
+    make.root = root
+    return make
+
+
+def test_shd_batch_larger_than_the_training_set_is_refused(tmp_path, victim, shd_cfg):
+    refused(shd_cfg("trainer.batch_size=64"), copy_of(victim, tmp_path / "run"),
+            "trainer.batch_size=64 is larger than the training set (36 samples)")
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", ["SHD data not found", "shd_test.h5", "dataset.download=false"]),
+    ("garbage", ["shd_test.h5", "not a readable HDF5 file"]),
+    ("truncated", ["shd_test.h5", "not a readable HDF5 file"]),
+])
+def test_missing_or_corrupt_data_file_is_refused(tmp_path, victim, shd_cfg, damage, words):
+    path = shd_cfg.root / "SHD" / "shd_test.h5"
+    if damage == "missing":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(GARBAGE)
+    else:
+        path.write_bytes(path.read_bytes()[:700])
+    refused(shd_cfg("dataset.cache=false"), copy_of(victim, tmp_path / "run"), *words)
+
+
+class Payload:
+    """Pickles as a call that would create a marker file if it were ever run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("damage, words", [
+    ("truncated", ["cannot be read", "truncated or corrupt", "left in place"]),
+    ("garbage", ["cannot be read", "truncated or corrupt"]),
+    ("empty", ["cannot be read"]),
+    ("pickled code", ["holds objects other than tensors", "weights_only=True"]),
+    ("foreign", ["is not an otpe-train checkpoint", "missing fingerprint"]),
+])
+def test_corrupt_or_truncated_checkpoint_is_refused_and_left_in_place(tmp_path, victim, damage,
+                                                                      words):
+    run_dir = copy_of(victim, tmp_path / "run", unfinished=True)
+    path = run_dir / "checkpoint.pt"
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(GARBAGE)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "pickled code":
+        torch.save({"iteration": 3, "model": Payload(marker)}, path)
+    else:
+        torch.save({"iteration": 3, "weights": torch.zeros(3)}, path)
+    refused(compose_cfg(VICTIM), run_dir, str(path), *words)
+    assert not marker.exists()  # no pickled code ran
+
+
+def test_unwritable_run_directory_is_refused(tmp_path, victim):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    refused(compose_cfg(VICTIM), afile / "run", "cannot be written", "hydra.run.dir")
+    assert afile.read_text() == "keep me"
+
+
+# ============================================================================ bad input, real CLI
+NAN_DRIVER = """
+import math, sys
+import otpe_cli.algorithms as A
+from otpe_cli.cli import main
+
+original, calls = A.Algorithm.gradients, []
+
+def gradients(self, model, x, y):
+    grads, stats = original(self, model, x, y)
+    calls.append(1)
+    if len(calls) == 6:
+        grads = [g.clone() for g in grads]
+        grads[1][0] = math.nan
+    return grads, stats
+
+A.Algorithm.gradients = gradients
+sys.argv[0] = "otpe-train"
+main()
+"""
+
+
+def _cli_cases(tmp: Path, victim: Path) -> dict:
+    """One real process per kind of failure: id → (command, run_dir or None, words)."""
+    exe = Path(sys.executable).with_name("otpe-train")
+    exe = [str(exe) if exe.exists() else "otpe-train"]
+    cases = {}
+
+    def add(name, args, words, prepare=None, command=exe):
+        run_dir = tmp / name / "run"
+        if prepare != "no-dir":
+            copy_of(victim, run_dir, unfinished=prepare == "unfinished")
+        cases[name] = ([*command, *args, f"hydra.run.dir={run_dir}"],
+                       None if prepare == "no-dir" else run_dir, words)
+        return run_dir
+
+    add("wrong-type", [*VICTIM, "trainer.iterations=abc"], ["trainer.iterations", "abc"])
+    add("unknown-key", [*VICTIM, "trainer.foo=1"], ["trainer.foo"])
+    add("unknown-dataset", [*VICTIM, "dataset=mnist"], ["dataset/mnist"])
+    add("out-of-range", [*VICTIM, "model.width=-3"],
+        ["otpe-train: error: model.width=-3 is out of range"])
+    run_dir = add("truncated-checkpoint", VICTIM, ["otpe-train: error: checkpoint", "cannot be "
+                                                   "read", "truncated"], "unfinished")
+    path = run_dir / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    cases["truncated-checkpoint"][2].append(str(path))
+    add("different-config", [*VICTIM, "model.width=32"],
+        ["otpe-train: error: checkpoint", "model.width is 16 in the checkpoint but 32 now"],
+        "unfinished")
+    afile = tmp / "afile"
+    afile.write_text("keep me")
+    cases["unwritable-dir"] = ([*exe, *VICTIM, f"hydra.run.dir={afile}/run"], None,
+                               ["otpe-train: error: the run directory", f"{afile} is a file"])
+    cases["unwritable-proc"] = ([*exe, *VICTIM, "hydra.run.dir=/proc/otpe-test/run"], None,
+                                ["otpe-train: error: the run directory /proc/otpe-test/run"])
+    driver = tmp / "nan_driver.py"
+    driver.write_text(NAN_DRIVER)
+    add("nan-loss", NAN_RUN, ["otpe-train: error: non-finite gradient of layers.0.bias at "
+                              "iteration 6", "iteration 4) is kept"], "no-dir",
+        command=[sys.executable, str(driver)])
+    cases["nan-loss"] = (cases["nan-loss"][0], tmp / "nan-loss" / "run", cases["nan-loss"][2])
+    if make_hsd is not None:
+        root = tmp / "shd-data"
+        make_hsd(root, "shd")
+        shd = ["dataset=shd", f"dataset.root={root}", "dataset.download=false",
+               "trainer.iterations=2", "model.width=8", "trainer.progress=none"]
+        add("batch-too-large", [*shd, "trainer.batch_size=64"],
+            ["otpe-train: error: trainer.batch_size=64 is larger than the training set "
+             "(36 samples)"])
+        empty = tmp / "no-data"
+        empty.mkdir()
+        add("missing-data", [*shd, f"dataset.root={empty}"],
+            ["otpe-train: error: SHD data not found", "shd_train.h5"])
+        bad_root = tmp / "bad-data"
+        make_hsd(bad_root, "shd")
+        (bad_root / "SHD" / "shd_train.h5").write_bytes(b"this is not HDF5" * 100)
+        add("corrupt-data", [*shd, f"dataset.root={bad_root}", "dataset.cache=false"],
+            ["otpe-train: error:", "shd_train.h5", "not a readable HDF5 file"])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory, victim):
+    """Start every case at once (the machine's cores share the startup costs), then collect."""
+    tmp = tmp_path_factory.mktemp("cli")
+    cases = _cli_cases(tmp, victim)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **ENV}
+    before = {name: snapshot(d) if d is not None and d.exists() else {}
+              for name, (_, d, _) in cases.items()}
+    procs = {name: subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (cmd, _, _) in cases.items()}
+    results = {}
+    deadline = time.monotonic() + TIMEOUT
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[name] = dict(rc=proc.returncode, out=out, err=err, run_dir=cases[name][1],
+                             words=cases[name][2], before=before[name], tmp=tmp)
+    return results
+
+
+CLI_CASES = ["wrong-type", "unknown-key", "unknown-dataset", "out-of-range",
+             "truncated-checkpoint", "different-config", "unwritable-dir", "unwritable-proc",
+             "nan-loss", "batch-too-large", "missing-data", "corrupt-data"]
+
+
+@pytest.mark.parametrize("name", CLI_CASES)
+def test_cli_bad_input_one_sentence_nonzero_exit_no_traceback(cli_results, name):
+    if name not in cli_results:
+        pytest.skip("no SHD fixtures (tests/shd_fixtures.py)")
+    r = cli_results[name]
+    text = r["out"] + r["err"]
+    assert r["rc"] not in (0, None), text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    for w in r["words"]:
+        assert w in r["err"], (w, r["err"][-3000:])
+    ours = [line for line in r["err"].splitlines() if line.startswith("otpe-train: error:")]
+    if ours:  # our own errors: exactly one line, one sentence, exit 2
+        assert len(ours) == 1 and ours[0].endswith("."), ours
+        assert r["rc"] == 2
+    if r["before"]:
+        after = snapshot(r["run_dir"])
+        assert {k: after.get(k) for k in r["before"]} == r["before"], "existing files changed"
+    if name == "unwritable-dir":
+        assert (r["tmp"] / "afile").read_text() == "keep me"
+    if name == "truncated-checkpoint":
+        assert len((r["run_dir"] / "checkpoint.pt").read_bytes()) == 1000  # left in place
+    if name == "nan-loss":
+        state = ckpt.load(r["run_dir"] / "checkpoint.pt")
+        assert state["iteration"] == 4
+        assert all(bool(torch.isfinite(p).all()) for p in state["model"].values())

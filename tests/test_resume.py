@@ -1,0 +1,353 @@
+"""Checkpoints and resume: nothing lost, nothing counted twice.
+
+Real ``otpe-train`` processes are stopped with SIGTERM / SIGINT / SIGUSR1 mid-run and started
+again with the same run directory; the result must equal an uninterrupted run of the same seed
+(every metrics.jsonl key except time/*, and the summary). In-process tests cover the cheaper
+cases: a crash between checkpoints, both update modes, the W&B run id, refusals.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, compose_cfg, run_cli
+from otpe_cli import checkpoint as ckpt
+from otpe_cli.checkpoint import CheckpointError
+from otpe_cli.cli import run
+from otpe_cli.logs import read_metrics
+
+ITERS = 40
+#: tiny but real: 40 iterations, a checkpoint every 4, a metrics row every 2
+ARGS = ["dataset=randman", "algorithm=otpe", f"trainer.iterations={ITERS}",
+        "dataset.num_steps=20",
+        *[o for o in TINY if not o.startswith(("trainer.checkpoint_every", "trainer.log_every"))],
+        "trainer.checkpoint_every=4", "trainer.log_every=2"]
+#: one torch thread per process: much faster on a busy machine, and the same numerics as
+#: the in-process baseline (which also runs with one thread)
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TIMEOUT = 240  # generous: the machine is shared and busy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def comparable_summary(path: Path) -> dict:
+    summary = json.loads(Path(path).read_text())
+    return {k: v for k, v in summary.items() if k != "wall_time_s" and not k.startswith("time/")}
+
+
+def exe() -> str:
+    path = Path(sys.executable).with_name("otpe-train")
+    return str(path) if path.exists() else "otpe-train"
+
+
+def start(args, run_dir: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **ENV}
+    out = open(log, "w")
+    proc = subprocess.Popen([exe(), *args, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
+                            env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    out.close()
+    return proc
+
+
+def wait_for_iter(proc: subprocess.Popen, run_dir: Path, at_least: int, log: Path,
+                  timeout: float = TIMEOUT) -> int:
+    """Poll metrics.jsonl until a row with iter >= at_least appears (the trainer is in its loop,
+    with its signal handlers installed); returns that iteration."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        if rows and rows[-1].get("iter", 0) >= at_least:
+            return rows[-1]["iter"]
+        if proc.poll() is not None:
+            pytest.fail(f"otpe-train ended (rc {proc.returncode}) before iteration {at_least}:\n"
+                        + log.read_text()[-3000:])
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no progress to iteration {at_least} within {timeout} s:\n"
+                + log.read_text()[-3000:])
+
+
+def interrupt(run_dir: Path, sig: signal.Signals, at_least: int, tag: str) -> int:
+    """Start (or resume) the run, wait for progress, send ``sig``; returns the checkpoint's
+    iteration after checking the exit code and the files."""
+    log = run_dir.parent / f"{run_dir.name}.{tag}.log"
+    proc = start(ARGS, run_dir, log)
+    seen = wait_for_iter(proc, run_dir, at_least, log)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=TIMEOUT)
+    out = log.read_text()
+    assert rc == 128 + sig, out[-3000:]
+    assert "Traceback" not in out
+    assert f"stopped by {sig.name}" in out and "to resume" in out
+    state = ckpt.load(run_dir / "checkpoint.pt")
+    assert seen <= state["iteration"] < ITERS, (seen, state["iteration"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["iter"] <= state["iteration"]
+    assert not (run_dir / "summary.json").exists()  # not finished, not failed
+    assert not list(run_dir.glob("checkpoint.pt.*.tmp"))  # no temporary file left behind
+    return state["iteration"]
+
+
+def finish(run_dir: Path, resumed_from: int):
+    res = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent, env=ENV,
+                  timeout=TIMEOUT)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert f"resuming {run_dir} from iteration {resumed_from}" in out
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, one_thread) -> Path:
+    """The uninterrupted run (in-process: same code and numerics as the CLI, seconds faster)."""
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"
+    run(compose_cfg(ARGS), run_dir)
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, baseline: Path):
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    iters = [r["iter"] for r in rows]
+    assert iters == sorted(set(iters)), "an iteration was logged twice"
+    assert strip_time(rows) == strip_time(read_metrics(baseline / "metrics.jsonl"))
+    ours, theirs = comparable_summary(run_dir / "summary.json"), \
+        comparable_summary(baseline / "summary.json")
+    assert ours["test/acc"] == theirs["test/acc"]
+    assert ours == theirs
+
+
+# ============================================================================ real processes
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, baseline):
+    run_dir = tmp_path / "run"
+    at = interrupt(run_dir, signal.SIGTERM, 10, "term")
+    finish(run_dir, at)
+    assert_same_run(run_dir, baseline)
+
+
+def test_sigint_and_sigusr1_twice_interrupted_then_resumed(tmp_path, baseline):
+    """SIGINT (Ctrl-C) and SIGUSR1 (SLURM's preemption warning), one after the other."""
+    run_dir = tmp_path / "run"
+    first = interrupt(run_dir, signal.SIGINT, 6, "int")
+    second = interrupt(run_dir, signal.SIGUSR1, first + 10, "usr1")
+    assert second > first
+    finish(run_dir, second)
+    assert_same_run(run_dir, baseline)
+
+
+def test_finished_run_started_again_says_so_and_changes_nothing(tmp_path, baseline, cli):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
+              if p.is_file()}
+    res = cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=ENV, timeout=TIMEOUT)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "already finished" in out and "not training again" in out
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
+             if p.is_file() and p.name in before}
+    for name in ("metrics.jsonl", "summary.json", "checkpoint.pt"):
+        assert after[name] == before[name], name
+
+
+# ============================================================================ in process
+def _crash_at(monkeypatch, iteration: int):
+    """Make the trainer die (like SIGKILL: no checkpoint on the way out) before ``iteration``."""
+    from otpe_cli.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, x, y, align):
+        if self.iteration + 1 == iteration:
+            raise SystemExit("killed")
+        return original(self, x, y, align)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("extra", [
+    ["algorithm=bptt"],
+    ["algorithm=f_otpe", "trainer.update=online", "optimizer.lr=2.5e-4", "trainer.on_nan=skip"],
+], ids=["offline-bptt", "online-f_otpe"])
+def test_crash_between_checkpoints_resumes_from_the_last_one(make_cfg, tmp_path, monkeypatch,
+                                                              extra):
+    over = ["dataset=trandman", "trainer.iterations=14", "dataset.num_steps=12",
+            *[o for o in TINY if not o.startswith(("trainer.checkpoint_every",
+                                                   "trainer.log_every"))],
+            "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.eval_every=5",
+            "trainer.align_every=3", *extra]
+    run(make_cfg(over), tmp_path / "whole")
+    with monkeypatch.context() as m:
+        _crash_at(m, 11)
+        with pytest.raises(SystemExit):
+            run(make_cfg(over), tmp_path / "crashed")
+    assert read_metrics(tmp_path / "crashed" / "metrics.jsonl")[-1]["iter"] == 10
+    assert ckpt.load(tmp_path / "crashed" / "checkpoint.pt")["iteration"] == 8
+    stale = tmp_path / "crashed" / "checkpoint.pt.x1y2.tmp"  # as a SIGKILL mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    run(make_cfg(over), tmp_path / "crashed")  # rows 9 and 10 are dropped and made again
+    assert not stale.exists()
+    assert_same_run(tmp_path / "crashed", tmp_path / "whole")
+
+
+def test_checkpoint_keeps_the_wandb_run_id(make_cfg, tmp_path, monkeypatch):
+    from otpe_cli import trainer as trainer_mod
+
+    passed = []
+
+    class Logger(trainer_mod.RunLogger):  # stands in for W&B: only the run id matters here
+        def __init__(self, *args):
+            super().__init__(*args)
+            passed.append(args[-1])
+
+        @property
+        def wandb_run_id(self):
+            return "run12345"
+
+    monkeypatch.setattr(trainer_mod, "RunLogger", Logger)
+    over = ["dataset=randman", "trainer.iterations=3", "dataset.num_steps=10", *TINY]
+    trainer = trainer_mod.Trainer(make_cfg(over), tmp_path)
+    trainer._signal = signal.SIGTERM  # as if it had arrived during the first iteration
+    with pytest.raises(trainer_mod.Interrupted):
+        trainer.train()
+    state = ckpt.load(tmp_path / "checkpoint.pt")
+    assert state["wandb_run_id"] == "run12345" and state["iteration"] == 0
+    resumed = trainer_mod.Trainer(make_cfg(over), tmp_path)
+    assert resumed.wandb_run_id == "run12345"
+    resumed.train()
+    assert passed == [None, "run12345"]  # the resumed run continues the same W&B run
+
+
+def test_generators_are_restored(make_cfg, tmp_path):
+    import random
+
+    import numpy as np
+
+    from otpe_cli.trainer import Trainer
+
+    over = ["dataset=randman", "trainer.iterations=6", "dataset.num_steps=10", *TINY]
+    trainer = Trainer(make_cfg(over), tmp_path)
+    np.random.seed(1)
+    random.seed(1)
+    torch.manual_seed(1)
+    trainer.batch_gen.manual_seed(7)
+    trainer.save_checkpoint()
+    expected = (np.random.random(), random.random(), float(torch.rand(())),
+                float(torch.rand((), generator=trainer.batch_gen)))
+    np.random.seed(2)
+    random.seed(2)
+    torch.manual_seed(2)
+    again = Trainer(make_cfg(over), tmp_path)
+    got = (np.random.random(), random.random(), float(torch.rand(())),
+           float(torch.rand((), generator=again.batch_gen)))
+    assert got == expected
+
+
+def test_different_model_config_is_refused_naming_it(make_cfg, tmp_path, baseline):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    from otpe_cli.trainer import Trainer
+
+    with pytest.raises(CheckpointError) as err:
+        Trainer(make_cfg([*ARGS, "model.width=32"]), run_dir)
+    message = str(err.value)
+    assert "model.width is 16 in the checkpoint but 32 now" in message
+    assert str(run_dir / "checkpoint.pt") in message and "hydra.run.dir" in message
+    assert "\n" not in message
+    for changed, key in ((["algorithm=ottt"], "algorithm.name"),
+                         (["optimizer.lr=0.01"], "optimizer.lr"),
+                         (["trainer.seed=1"], "trainer.seed")):
+        with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+            Trainer(make_cfg([*ARGS, *changed]), run_dir)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    # what may change on resume: length, logging cadence, device, on_nan, progress
+    Trainer(make_cfg([*ARGS, "trainer.iterations=50", "trainer.eval_every=7",
+                      "trainer.checkpoint_every=0", "trainer.on_nan=skip",
+                      "trainer.progress=lines"]), run_dir)
+
+
+def test_finished_results_without_checkpoint_are_kept(make_cfg, tmp_path, baseline):
+    """checkpoint.pt moved away (to save space): a finished run still counts as finished, and
+    a different config is refused rather than overwriting the results."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    (run_dir / "checkpoint.pt").unlink()
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    summary = run(make_cfg(ARGS), run_dir)
+    assert summary == json.loads((baseline / "summary.json").read_text())
+    with pytest.raises(ValueError, match="holds the finished results of a different run"):
+        run(make_cfg([*ARGS, "model.depth=2"]), run_dir)
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
+    """Raising trainer.iterations continues a finished run from its checkpoint."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    summary = run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
+    assert summary["iter"] == 44
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert strip_time(rows[:-2]) == strip_time(read_metrics(baseline / "metrics.jsonl"))
+    assert [r["iter"] for r in rows[-2:]] == [42, 44]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A write that dies half-way leaves the previous checkpoint as it was, and no litter."""
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"a": torch.arange(3)}, path)
+    good = path.read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj, f):
+        real_save(obj, f)
+        f.write(b"partial")
+        raise KeyboardInterrupt  # e.g. a signal's default action mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"a": torch.arange(1000)}, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    mode = path.stat().st_mode & 0o777
+    assert mode & 0o044, oct(mode)  # readable like the other outputs, not mkstemp's 0600
+
+
+def test_checkpoint_of_the_earlier_format_still_resumes(make_cfg, tmp_path, baseline):
+    """Runs started before the fingerprint named keys (config groups as YAML text)."""
+    from omegaconf import OmegaConf
+
+    from otpe_cli.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    path = run_dir / "checkpoint.pt"
+    state = ckpt.load(path)
+    cfg = make_cfg(ARGS)
+    state["fingerprint"] = {
+        "model": OmegaConf.to_yaml(cfg.model), "algorithm": OmegaConf.to_yaml(cfg.algorithm),
+        "dataset": OmegaConf.to_yaml(cfg.dataset), "encoding": cfg.encoding.name,
+        "update": cfg.trainer["update"], "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.trainer.seed, "dtype": cfg.trainer.dtype}
+    ckpt.save_atomic(state, path)
+    assert Trainer(cfg, run_dir).iteration == ITERS
+    with pytest.raises(CheckpointError, match=r"model\.depth is 3 in the checkpoint but 2 now"):
+        Trainer(make_cfg([*ARGS, "model.depth=2"]), run_dir)
