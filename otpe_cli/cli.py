@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from .checkpoint import CheckpointError
+from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, validate
 from .data import DataError
 from .logs import SUMMARY_NAME, write_json_atomic
@@ -34,7 +34,8 @@ def _record_failure(run_dir: Path, cfg, message: str) -> None:
 
     path = run_dir / SUMMARY_NAME
     try:
-        if path.exists():  # never replace a finished run's results
+        # never replace a finished run's results, nor mark a resumable run as failed
+        if path.exists() or (run_dir / CHECKPOINT_NAME).exists():
             return
         write_json_atomic(path, {"status": "failed", "error": message,
                                  "config": config_choices(cfg)})

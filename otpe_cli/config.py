@@ -169,6 +169,9 @@ def validate(cfg) -> None:
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
+    from .data import DATASETS
+
+    _choice("dataset.name", d.name, DATASETS)
     if d.name in ("randman", "trandman"):
         _choice("encoding", cfg.encoding.name, ("rate", "time"))
         for key in ("num_classes", "num_units", "num_steps", "dim_manifold",

@@ -4,6 +4,8 @@ from __future__ import annotations
 from .base import DataError, SpikeDataset
 from .randman import Randman
 
+DATASETS = ("randman", "trandman", "shd", "ssc")
+
 
 def build_dataset(dataset_cfg, encoding: str) -> SpikeDataset:
     """Build the data set a config names (``dataset.name``) with the chosen encoding."""
@@ -18,7 +20,7 @@ def build_dataset(dataset_cfg, encoding: str) -> SpikeDataset:
         from .shd import HeidelbergSpikes  # h5py / tonic only when a Heidelberg set is chosen
 
         return HeidelbergSpikes.from_config(dataset_cfg, encoding)
-    raise DataError(f"unknown dataset {name!r}")
+    raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}.")
 
 
 __all__ = ["build_dataset", "DataError", "SpikeDataset", "Randman"]
