@@ -137,9 +137,28 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
 
 
+def _no_added_keys(cfg) -> None:
+    """``+group.key=value`` gets past Hydra's struct mode: refuse keys no schema knows."""
+    from dataclasses import fields
+
+    sections = {"model": ModelConfig, "algorithm": AlgorithmConfig,
+                "optimizer": OptimizerConfig, "logger": LoggerConfig,
+                "trainer": TrainerConfig, "encoding": EncodingConfig,
+                "dataset": RandmanConfig if cfg.dataset.name in ("randman", "trandman")
+                else SHDConfig}
+    extra = [f"{name}.{key}" for name, schema in sections.items()
+             for key in set(cfg[name].keys()) - {f.name for f in fields(schema)}]
+    extra += [key for key in cfg.keys() if key not in sections and key != "hydra"]
+    if extra:
+        raise ConfigError(f"unknown config key {sorted(extra)[0]}: no schema has it "
+                          "(was it added with '+'? see otpe-train --help for the keys).")
+
+
 def validate(cfg) -> None:
     """Refuse out-of-range or inconsistent values with one sentence naming the key."""
     from .algorithms import ALGORITHMS
+
+    _no_added_keys(cfg)
 
     m, t, o, a, d = cfg.model, cfg.trainer, cfg.optimizer, cfg.algorithm, cfg.dataset
     _positive("model.depth", m.depth)

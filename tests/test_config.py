@@ -64,6 +64,13 @@ def test_out_of_range_values_are_refused_with_the_key(make_cfg, override, key):
         validate(make_cfg([override]))
 
 
+@pytest.mark.parametrize("override, key", [("+trainer.foo=1", "trainer.foo"),
+                                           ("+model.dept=3", "model.dept"), ("+bar=2", "bar")])
+def test_keys_added_with_plus_are_refused(make_cfg, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(make_cfg([override]))
+
+
 def test_online_bptt_is_refused(make_cfg):
     with pytest.raises(ConfigError, match="online"):
         validate(make_cfg(["algorithm=bptt", "trainer.update=online"]))
