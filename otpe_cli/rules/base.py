@@ -81,5 +81,7 @@ class FactorisedRule(LayerRule):
 
 def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -> None:
     """grad_w[i, j] += Σ_b d[b, i]·trace[i, b, j] — traces are stored (N_out, B, N_in) so that
-    this per-step contraction is one batched matmul with no copy of the trace."""
-    grad_w.unsqueeze(1).baddbmm_(d.t().unsqueeze(1), trace)
+    this per-step contraction is one batched matmul with no copy of the trace. (``d`` is made
+    contiguous and the result added afterwards: CPU ``baddbmm_`` into a view falls back to a
+    per-row loop that is ~5× slower.)"""
+    grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace).squeeze(1))
