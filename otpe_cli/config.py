@@ -157,7 +157,9 @@ def _no_added_keys(cfg) -> None:
 def validate(cfg) -> None:
     """Refuse out-of-range or inconsistent values with one sentence naming the key."""
     from .algorithms import ALGORITHMS
+    from .data import DATASETS
 
+    _choice("dataset.name", cfg.dataset.name, DATASETS)
     _no_added_keys(cfg)
 
     m, t, o, a, d = cfg.model, cfg.trainer, cfg.optimizer, cfg.algorithm, cfg.dataset
@@ -188,9 +190,6 @@ def validate(cfg) -> None:
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
-    from .data import DATASETS
-
-    _choice("dataset.name", d.name, DATASETS)
     if d.name in ("randman", "trandman"):
         _choice("encoding", cfg.encoding.name, ("rate", "time"))
         for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
