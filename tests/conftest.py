@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 import otpe_cli.config  # noqa: F401  (registers the structured-config schemas)
@@ -40,3 +41,18 @@ def run_cli(args, cwd, env=None, timeout=300, executable="otpe-train"):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the same numerics in-process and in a subprocess run with
+    OMP_NUM_THREADS=1, and no oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def strip_time(rows):
+    """metrics rows without their wall-clock keys (the part that must replay exactly)."""
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]

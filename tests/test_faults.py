@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, strip_time
 from otpe_cli import checkpoint as ckpt
 from otpe_cli.algorithms import Algorithm
 from otpe_cli.cli import USER_ERRORS, run
@@ -48,16 +48,7 @@ KEPT = ("checkpoint.pt", "metrics.jsonl", "summary.json")
 GARBAGE = bytes((i * 7919 + 13) % 251 for i in range(5000))  # fixed: the same error every run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def strip_time(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(run_dir: Path) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, run_cli
+from conftest import TINY, compose_cfg, run_cli, strip_time
 from otpe_cli import checkpoint as ckpt
 from otpe_cli.checkpoint import CheckpointError
 from otpe_cli.cli import run
@@ -37,16 +37,7 @@ ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMEOUT = 240  # generous: the machine is shared and busy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def strip_time(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def comparable_summary(path: Path) -> dict:

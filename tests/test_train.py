@@ -4,15 +4,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, strip_time
 from otpe_cli.cli import run
 from otpe_cli.logs import read_metrics
 
 ALGS = ["bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe"]
-
-
-def strip_time(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 @pytest.mark.parametrize("dataset, encoding", [("randman", "rate"), ("randman", "time"),
