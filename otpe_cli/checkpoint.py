@@ -144,25 +144,13 @@ def _flatten(value, prefix: str, out: dict) -> dict:
     return out
 
 
-def _as_tree(value):
-    """A fingerprint entry as plain data (older checkpoints kept config groups as YAML text)."""
-    if isinstance(value, str) and "\n" in value:
-        import yaml
-
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-    return value
-
-
 def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
     """Refuse a checkpoint made with a different model, algorithm, optimizer or data config,
     naming every key that differs (``model.width: 16 in the checkpoint, 32 now``)."""
     if not isinstance(saved, dict):
         saved = {}
-    old = _flatten({k: _as_tree(v) for k, v in saved.items()}, "", {})
-    new = _flatten({k: _as_tree(v) for k, v in current.items()}, "", {})
+    old = _flatten(saved, "", {})
+    new = _flatten(current, "", {})
     missing = object()
     diffs = []
     for key in sorted(set(old) | set(new)):

@@ -96,18 +96,6 @@ def fingerprint(cfg) -> dict:
     }
 
 
-def _legacy_fingerprint(saved: dict, current: dict) -> tuple[dict, dict]:
-    """Checkpoints written before the optimizer was part of the fingerprint kept the config
-    groups as YAML text and the trainer keys at the top: compare what they hold."""
-    tree = {k: ckpt._as_tree(saved.get(k)) for k in ("model", "algorithm", "dataset")}
-    if isinstance(tree["dataset"], dict):
-        tree["dataset"] = {k: v for k, v in tree["dataset"].items()
-                           if k not in DATA_LOCATION_KEYS}
-    tree["encoding"] = saved.get("encoding")
-    tree["trainer"] = {k: saved.get(k) for k in ("update", "batch_size", "seed", "dtype")}
-    return tree, {k: v for k, v in current.items() if k != "optimizer"}
-
-
 class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -183,10 +171,7 @@ class Trainer:
         never changed here)."""
         path = self.checkpoint_path
         state = ckpt.load(path)
-        saved, current = state["fingerprint"], fingerprint(self.cfg)
-        if isinstance(saved, dict) and "trainer" not in saved and "update" in saved:
-            saved, current = _legacy_fingerprint(saved, current)
-        ckpt.compare_fingerprints(saved, current, path)
+        ckpt.compare_fingerprints(state["fingerprint"], fingerprint(self.cfg), path)
         try:
             iteration = int(state["iteration"])
             self.model.load_state_dict(state["model"])

@@ -320,25 +320,3 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     mode = path.stat().st_mode & 0o777
     assert mode & 0o044, oct(mode)  # readable like the other outputs, not mkstemp's 0600
-
-
-def test_checkpoint_of_the_earlier_format_still_resumes(make_cfg, tmp_path, baseline):
-    """Runs started before the fingerprint named keys (config groups as YAML text)."""
-    from omegaconf import OmegaConf
-
-    from otpe_cli.trainer import Trainer
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(baseline, run_dir)
-    path = run_dir / "checkpoint.pt"
-    state = ckpt.load(path)
-    cfg = make_cfg(ARGS)
-    state["fingerprint"] = {
-        "model": OmegaConf.to_yaml(cfg.model), "algorithm": OmegaConf.to_yaml(cfg.algorithm),
-        "dataset": OmegaConf.to_yaml(cfg.dataset), "encoding": cfg.encoding.name,
-        "update": cfg.trainer["update"], "batch_size": cfg.trainer.batch_size,
-        "seed": cfg.trainer.seed, "dtype": cfg.trainer.dtype}
-    ckpt.save_atomic(state, path)
-    assert Trainer(cfg, run_dir).iteration == ITERS
-    with pytest.raises(CheckpointError, match=r"model\.depth is 3 in the checkpoint but 2 now"):
-        Trainer(make_cfg([*ARGS, "model.depth=2"]), run_dir)
