@@ -204,9 +204,11 @@ class Trainer:
         """True when the loss and every gradient are finite. Otherwise ``on_nan=stop`` raises
         NonFiniteError (nothing is saved: checkpoint.pt keeps the last good state) and
         ``on_nan=skip`` counts the skipped update (when ``count``) and returns False."""
-        bad = [n for n, g in zip(self.param_names, grads) if not bool(torch.isfinite(g).all())]
-        if math.isfinite(loss) and not bad:
+        # one device sync for all tensors (this runs every time step in online mode)
+        if math.isfinite(loss) and (not grads or bool(
+                torch.stack([torch.isfinite(g).all() for g in grads]).all())):
             return True
+        bad = [n for n, g in zip(self.param_names, grads) if not bool(torch.isfinite(g).all())]
         if self.cfg.trainer.on_nan == "stop":
             what = f"loss {loss}" if not math.isfinite(loss) else \
                 f"gradient of {', '.join(bad)}"
