@@ -40,33 +40,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``:
-    a partial write never replaces a good checkpoint."""
+def write_torch_atomic(obj, path: Path, prefix: str | None = None) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a partial write never replaces a good file. OSError propagates; the temporary is removed."""
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be written ({exc.strerror or exc}); "
-                              "the previous checkpoint, if any, is kept.") from None
+    fd, tmp = tempfile.mkstemp(prefix=prefix or path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # like any other output file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError):  # disk full, quota, a vanished folder
-            raise CheckpointError(f"checkpoint {path} cannot be written "
-                                  f"({exc.strerror or exc}); the previous checkpoint, if any, "
-                                  "is kept.") from None
         raise
     _fsync_dir(path.parent)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write a checkpoint atomically; a failed write keeps the previous checkpoint."""
+    try:
+        write_torch_atomic(state, path)
+    except OSError as exc:  # disk full, quota, a vanished or unwritable folder
+        raise CheckpointError(f"checkpoint {path} cannot be written ({exc.strerror or exc}); "
+                              "the previous checkpoint, if any, is kept.") from None
 
 
 def remove_stale_temporaries(path: Path) -> None:

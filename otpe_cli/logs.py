@@ -58,7 +58,7 @@ class MetricsFile:
             f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
 
 
-class Console_:
+class ConsoleProgress:
     """Progress on the console: a rich bar in a terminal, plain lines otherwise."""
 
     def __init__(self, total: int, start: int, mode: str, title: str):
@@ -115,7 +115,7 @@ class RunLogger:
                  wandb_run_id: str | None = None):
         self.run_dir = Path(run_dir)
         self.metrics = MetricsFile(self.run_dir)
-        self.console = Console_(total, start, cfg.trainer.progress, title)
+        self.console = ConsoleProgress(total, start, cfg.trainer.progress, title)
         self.wandb = None
         if cfg.logger.name == "wandb":
             from .wandb_logger import WandbLogger

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import write_torch_atomic
 from .base import DataError, SpikeDataset
 
 log = logging.getLogger(__name__)
@@ -356,17 +356,7 @@ def _meta(path: Path, b: Binning) -> dict:
 
 def _save_atomic(obj, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_torch_atomic(obj, target, prefix=f".{target.stem}-")
 
 
 def _prune(cache_dir: Path, path: Path, keep: Path) -> None:
