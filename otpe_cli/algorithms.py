@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from .rules import COMPOSITES, RULES
-from .snn import SNN, READOUTS, SequenceStats, step_loss_and_error, surrogate
+from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
@@ -47,28 +47,21 @@ def online_pass(
         rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace)
                  for name, layer in zip(rule_names, layers)]
         us = [x.new_zeros(B, layer.n_out) for layer in layers]
-        spike_sums = [x.new_zeros(()) for _ in layers]
-        counts = x.new_zeros(B, model.sizes[-1])
+        spike_counts = [x.new_zeros(B, layer.n_out) for layer in layers]
         o = x.new_zeros(B, model.sizes[-1])
-        loss_sum = x.new_zeros(())
+        loss = StepCrossEntropy(y, model.sizes[-1], x.dtype)
         for t in range(T):
             a = x[t]
             for i, (layer, rule) in enumerate(zip(layers, rules)):
                 v, s, us[i] = model.lif(layer, us[i], a)
                 rule.update(a, surrogate(v, model.threshold, model.slope))
-                spike_sums[i] += s.sum()
+                spike_counts[i].add_(s)
                 a = s
-            counts += a
-            if readout == "trace":
-                z = o.mul_(model.beta).add_(a)
-            else:
-                z = a
-            loss_t, e = step_loss_and_error(z, y)
-            loss_sum += loss_t
+            e = loss.error(o.mul_(model.beta).add_(a) if readout == "trace" else a)
             for i in range(len(layers) - 1, -1, -1):
-                rules[i].accumulate(e, grad_w[i], grad_b[i])
+                e = rules[i].accumulate(e, grad_w[i], grad_b[i])
                 if i:
-                    e = (e * rules[i].modulation()) @ layers[i].weight
+                    e = e @ layers[i].weight
             if on_step is not None:
                 on_step(grads)
                 for g in grads:
@@ -76,8 +69,8 @@ def online_pass(
         if on_step is None:
             for g in grads:
                 g.div_(T)
-    rates = [float(s) / (T * B * layer.n_out) for s, layer in zip(spike_sums, layers)]
-    return grads, SequenceStats(float(loss_sum) / T, counts, rates)
+    rates = [float(c.sum()) / (T * B * layer.n_out) for c, layer in zip(spike_counts, layers)]
+    return grads, SequenceStats(loss.mean_loss(), spike_counts[-1], rates)
 
 
 def bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str):

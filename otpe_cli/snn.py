@@ -23,7 +23,7 @@ READOUTS = ("spikes", "trace")
 
 def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
     """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
-    return (slope * (v - threshold).abs() + 1.0).reciprocal().square()
+    return (v - threshold).abs_().mul_(slope).add_(1.0).reciprocal_().square_()
 
 
 class _Spike(torch.autograd.Function):
@@ -55,7 +55,7 @@ def lif_step(u, a, weight, bias, beta: float, threshold: float, slope: float):
     """
     v = torch.addmm(bias, a, weight.t()).add_(u, alpha=beta)
     s = spike(v, threshold, slope)
-    return v, s, v - threshold * s
+    return v, s, torch.sub(v, s, alpha=threshold)
 
 
 def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
@@ -100,13 +100,27 @@ def predict_correct(counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (counts.argmax(dim=1) == y) & (counts.sum(dim=1) > 0)
 
 
-def step_loss_and_error(z: torch.Tensor, y: torch.Tensor):
-    """Batch-mean cross-entropy L_t of logits z_t and its error ∂L_t/∂z_t = (softmax − onehot)/B."""
-    logp = torch.log_softmax(z, dim=1)
-    loss = -logp.gather(1, y[:, None]).mean()
-    err = logp.exp_()
-    err[torch.arange(len(y), device=y.device), y] -= 1.0
-    return loss, err.div_(len(y))
+class StepCrossEntropy:
+    """The per-step loss L_t = batch-mean cross-entropy of logits z_t against y (SPEC §1), for
+    the online loop. ``error(z_t)`` returns ∂L_t/∂z_t = (softmax(z_t) − onehot(y))/B and keeps
+    Σ_t log softmax(z_t), so that ``mean_loss()`` = J = (1/T)·Σ_t L_t costs one op per step.
+    (BPTT differentiates the same J through ``SNN.sequence_loss``.)"""
+
+    def __init__(self, y: torch.Tensor, num_classes: int, dtype: torch.dtype):
+        self.batch = len(y)
+        self.onehot = F.one_hot(y, num_classes).to(dtype)
+        self._neg_target = self.onehot / -self.batch          # −onehot/B
+        self._logp_sum = torch.zeros_like(self.onehot)
+        self.steps = 0
+
+    def error(self, z: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(z, dim=1)
+        self._logp_sum.add_(logp)
+        self.steps += 1
+        return torch.add(self._neg_target, logp.exp_(), alpha=1.0 / self.batch)
+
+    def mean_loss(self) -> float:
+        return -float((self._logp_sum * self.onehot).sum()) / (self.batch * self.steps)
 
 
 class SNN(nn.Module):

@@ -2,8 +2,8 @@
 
 A rule owns one layer's state for a batch. Each time step the driver calls, in order,
 ``update(a_t, ψ_t)`` after the layer's forward step, then ``accumulate(e_t, grad_w, grad_b)``
-with the error e_t = ∂L_t/∂s_t arriving at this step, then ``modulation()`` for the m_t that
-multiplies the error sent down: e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t).
+with the error e_t = ∂L_t/∂s_t arriving at this step; it adds g_t to the buffers and returns
+e_t ⊙ m_t, the modulated error the driver sends down: e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t).
 """
 from __future__ import annotations
 
@@ -24,10 +24,8 @@ class LayerRule:
     def update(self, a: torch.Tensor, psi: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def accumulate(self, e: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def modulation(self) -> torch.Tensor:
+    def accumulate(self, e: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor
+                   ) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -71,12 +69,10 @@ class FactorisedRule(LayerRule):
     post: torch.Tensor
 
     def accumulate(self, e, grad_w, grad_b):
-        d = e * self.post
+        d = e * self.post  # post is also m_t: OTTT sends ψ_t, A-OTPE ḡ_t
         grad_w.addmm_(d.t(), self.pre)
         grad_b.add_(d.sum(0), alpha=self.bias_pre if self.bias_trace else 1.0)
-
-    def modulation(self):
-        return self.post
+        return d
 
 
 def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -> None:

@@ -19,18 +19,17 @@ class OSTL(LayerRule):
         self.eligibility = self._zeros(self.n_out, self.batch, self.n_in)   # ε_t
         self.bias_eligibility = self._zeros(self.batch, self.n_out)          # ε^b_t
         self._decay = self._zeros(self.batch, self.n_out)                    # β(1 − θψ_{t−1})
+        self._decay_slope = -self.beta * self.threshold
 
     def update(self, a, psi):
         torch.addcmul(a.unsqueeze(0), self.eligibility, self._decay.t().unsqueeze(2),
                       out=self.eligibility)
         self.bias_eligibility.mul_(self._decay).add_(1.0)
-        torch.mul(psi, -self.threshold, out=self._decay).add_(1.0).mul_(self.beta)
+        torch.mul(psi, self._decay_slope, out=self._decay).add_(self.beta)
         self.psi = psi
 
     def accumulate(self, e, grad_w, grad_b):
         d = e * self.psi
         contract_batch(d, self.eligibility, grad_w)
         grad_b.add_((d * self.bias_eligibility).sum(0))
-
-    def modulation(self):
-        return self.psi
+        return d  # m_t = ψ_t

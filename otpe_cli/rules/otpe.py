@@ -35,6 +35,4 @@ class OTPE(OSTL):
     def accumulate(self, e, grad_w, grad_b):
         contract_batch(e * self.scale, self.post_synaptic_trace, grad_w)
         grad_b.add_((e * self.bias_post_synaptic_trace).sum(0))
-
-    def modulation(self):
-        return self.g_bar.value
+        return e * self.g_bar.value
