@@ -6,7 +6,8 @@ writes to OUT:
 
 - ``results.csv``: one row per run, its config choices and final (or latest) metrics;
 - ``results.md`` (also printed as rich tables): mean ± std over seeds per
-  dataset × algorithm × depth, the paper's layout;
+  dataset × algorithm × depth, the paper's layout, and per depth each layer's weight cosine
+  to BPTT;
 - ``test_acc_vs_iter.png``, ``final_acc_vs_depth.png``, ``alignment_per_layer.png``.
 
 Failed runs, runs in progress and sweeps that mix other settings are reported with a note.
@@ -43,6 +44,7 @@ CSV_METRICS = ("test/acc", "best/test_acc", "best/test_acc_iter", "val/acc", "be
                "best/test_acc_at_best_val", "train/loss", "train/acc", "test/loss",
                "align/cos/global", "align_mean/cos/global", "wall_time_s", "skipped_updates")
 ALIGN_METRIC = "align_mean/cos/global"
+LAYER_ALIGN_METRIC = "align_mean/cos/layers.{}.weight"
 SKIP_DIRS = {"wandb", ".submitit", ".hydra", "__pycache__"}
 FIGURES = ("test_acc_vs_iter.png", "final_acc_vs_depth.png", "alignment_per_layer.png")
 
@@ -305,6 +307,29 @@ def _sections(tables: Tables, metric: str) -> list:
                if r.get("dataset") == dataset and r.status == "finished"):
             out.append((dataset, f"mean cosine to BPTT over training ({ALIGN_METRIC})",
                         *table_rows(tables, dataset, ALIGN_METRIC)))
+            out += layer_sections(tables, dataset)
+    return out
+
+
+def layer_sections(tables: Tables, dataset) -> list:
+    """Per depth, one table of each layer's weight cosine to BPTT (mean over training), rows
+    by algorithm, columns layer 1 … L (SPEC §4); algorithms without alignment rows are left out."""
+    out = []
+    labels, depths = tables.layout(dataset)
+    for depth in depths:
+        if not isinstance(depth, int):
+            continue
+        metrics = [LAYER_ALIGN_METRIC.format(i) for i in range(depth)]
+        rows = []
+        for label in labels:
+            cells = [tables.cell(dataset, label, depth, m) for m in metrics]
+            if any(c is not None for c in cells):
+                rows.append([label, *(_fmt_cell(c, m) for c, m in zip(cells, metrics))])
+        if rows:
+            header = ["algorithm", *(f"layer {i + 1}" for i in range(depth - 1)),
+                      f"layer {depth} (output)"]
+            out.append((dataset, f"depth {depth}: weight cosine to BPTT per layer, mean over "
+                                 f"training ({LAYER_ALIGN_METRIC.format('<i>')})", header, rows))
     return out
 
 
@@ -498,8 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and writes to OUT:\n"
                     "  results.csv    one row per run: config choices and final metrics\n"
                     "  results.md     mean ± std over seeds per dataset × algorithm × depth\n"
-                    "                 (also printed), the final test accuracy and the mean\n"
-                    "                 cosine to BPTT\n"
+                    "                 (also printed), the final test accuracy, the mean\n"
+                    "                 cosine to BPTT, and each layer's weight cosine\n"
                     "  *.png          test accuracy over iterations, final accuracy against\n"
                     "                 depth, per-layer cosine to BPTT",
         epilog="examples:\n"

@@ -60,6 +60,15 @@ def test_report_on_a_real_sweep_writes_csv_table_and_figures(sweep, tmp_path):
     assert otpe_row.rstrip(" |").split(" | ")[2] == cell
     assert md.index("| ottt |") < md.index("| otpe |")  # the paper's order
     assert "cosine to BPTT" in md
+    # per depth, each layer's weight cosine to BPTT (mean over training), mean ± std over seeds
+    layer_cos = [[json.loads(p.read_text())[f"align_mean/cos/layers.{i}.weight"]
+                  for p in sorted(sweep.glob("*_ottt_d3_*/summary.json"))] for i in range(3)]
+    expected = " | ".join(f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f} (2)"
+                          for v in layer_cos)
+    depth3 = md[md.index("depth 3: weight cosine to BPTT per layer"):]
+    assert "| algorithm | layer 1 | layer 2 | layer 3 (output) |" in depth3
+    assert f"| ottt | {expected} |" in depth3
+    assert "depth 2: weight cosine to BPTT per layer" in md
     # the same table on the console (rich), and the paths written
     assert "randman: test/acc in %" in res.stdout and cell in res.stdout
     assert "results.csv" in res.stdout
