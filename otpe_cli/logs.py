@@ -140,8 +140,10 @@ class RunLogger:
             self.wandb = None
         self.console.table("final metrics", final_table)
 
-    def abort(self) -> None:
+    def abort(self, preempted: bool = False) -> None:
+        """The run stopped early: failed, or (``preempted``) stopped by a signal after its
+        checkpoint, to be resumed."""
         self.console.close()
         if self.wandb:
-            self.wandb.finish({}, failed=True)
+            self.wandb.finish({}, failed=not preempted, preempted=preempted)
             self.wandb = None

@@ -345,8 +345,8 @@ class Trainer:
         self._t0 = time.time()
         try:
             last_eval = self._loop()
-        except BaseException:
-            self.logger.abort()
+        except BaseException as exc:
+            self.logger.abort(preempted=isinstance(exc, Interrupted))
             raise
         finally:
             for s, h in previous.items():

@@ -167,17 +167,22 @@ class WandbLogger:
         except Exception as exc:
             self._lost(exc)
 
-    def finish(self, summary: dict, failed: bool = False) -> None:
-        """Write the final summary and close the run (exit code 1 when the job failed)."""
+    def finish(self, summary: dict, failed: bool = False, preempted: bool = False) -> None:
+        """Write the final summary and close the run: exit code 1 when the job failed or was
+        stopped by a signal; a stopped job is first marked preempting, so that W&B shows it
+        as preempted (it resumes into the same run), not as failed."""
         if self.run is None:
             return
         run, self.run = self.run, None
         try:
             final = {f"final/{k}" if k.endswith(BEST_IS_MAX) else k: v
                      for k, v in summary.items() if k != "config" and v is not None}
-            final["status"] = "failed" if failed else summary.get("status", "finished")
+            final["status"] = ("interrupted" if preempted else "failed" if failed
+                               else summary.get("status", "finished"))
             run.summary.update(final)  # the config is the run's config already
-            run.finish(exit_code=1 if failed else 0)
+            if preempted:
+                run.mark_preempting()
+            run.finish(exit_code=1 if failed or preempted else 0)
         except Exception as exc:
             self._say(f"W&B: could not finish the run cleanly ({exc}); the local files in "
                       f"{self.run_dir} are complete.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import struct
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def _items(items) -> dict:
 
 def read_offline_run(run_file: Path) -> dict:
     """What W&B will upload for one offline run: run info, config, history, summary, exit."""
-    out = {"history": [], "summary": {}, "metrics": [], "exit_code": None}
+    out = {"history": [], "summary": {}, "metrics": [], "exit_code": None, "preempting": False}
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -103,6 +104,8 @@ def read_offline_run(run_file: Path) -> dict:
             out["metrics"].append(record.metric)
         elif kind == "exit":
             out["exit_code"] = record.exit.exit_code
+        elif kind == "preempting":
+            out["preempting"] = True
     return out
 
 
@@ -159,6 +162,26 @@ def test_offline_run_lives_in_the_run_dir_holds_every_metric_and_resumes(tmp_pat
     assert len(runs) == 2 and runs[1]["id"] == run["id"]
     assert [h["iter"] for h in runs[1]["history"]] == [4, 5]
     assert runs[1]["exit_code"] == 0
+
+
+def test_a_job_stopped_by_a_signal_is_marked_preempted_and_resumes_the_same_run(
+        tmp_path, monkeypatch):
+    from otpe_cli.trainer import Interrupted, Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    trainer = Trainer(compose_cfg([*SMALL, "trainer.progress=none"]), run_dir)
+    trainer._signal = signal.SIGTERM  # as the handler would, during the first iteration
+    with pytest.raises(Interrupted):
+        trainer.train()
+    (stopped,) = offline_runs(run_dir)
+    assert stopped["preempting"] and stopped["exit_code"] == 1
+    assert stopped["summary"]["status"] == "interrupted"
+    Trainer(compose_cfg([*SMALL, "trainer.progress=none"]), run_dir).train()
+    stopped, resumed = offline_runs(run_dir)
+    assert resumed["id"] == stopped["id"] and not resumed["preempting"]
+    assert resumed["exit_code"] == 0 and resumed["summary"]["status"] == "finished"
+    assert [h["iter"] for h in resumed["history"]] == [1, 2, 3]
 
 
 def test_two_jobs_in_one_process_get_two_runs_in_the_sweep_group(tmp_path, cli):
