@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -78,12 +79,39 @@ class _SubmititHandover:
             self.requeue_handler(self.signum, None)  # submitit requeues the job and exits
 
 
-def run(cfg, run_dir: Path) -> dict:
-    """Validate, build and train; returns the run's summary (also written to summary.json)."""
+#: where conf/config.yaml has Hydra write a job's config files first (hydra.output_subdir)
+PENDING_HYDRA_DIR = ".hydra/pending"
+
+
+def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool) -> None:
+    """Move Hydra's config files for this job from .hydra/pending up into .hydra/ when the run
+    was accepted, or when .hydra/ holds none yet (a new run that failed keeps the config it
+    failed with); otherwise drop them, so that a refused rerun leaves the run's record as it
+    was. Does nothing when the user points hydra.output_subdir elsewhere."""
+    if output_subdir != PENDING_HYDRA_DIR:
+        return
+    pending = run_dir / PENDING_HYDRA_DIR
+    if not pending.is_dir():
+        return
+    target = pending.parent
+    try:
+        if accepted or not (target / "config.yaml").exists():
+            for path in pending.iterdir():
+                os.replace(path, target / path.name)
+        shutil.rmtree(pending, ignore_errors=True)
+    except OSError as exc:
+        log.warning("could not move Hydra's config files out of %s (%s)", pending, exc)
+
+
+def run(cfg, run_dir: Path, on_accepted=None) -> dict:
+    """Validate, build and train; returns the run's summary (also written to summary.json).
+    ``on_accepted()`` is called once the config and the run directory have been accepted."""
     from .trainer import Trainer
 
     validate(cfg)
     trainer = Trainer(cfg, run_dir)
+    if on_accepted is not None:
+        on_accepted()
     done = trainer.finished_summary()
     if done is not None:
         log.info("run in %s already finished (%d iterations, test/acc %.4f); not training "
@@ -112,8 +140,15 @@ def _hydra_main(cfg):
         import torch
 
         torch.set_num_threads(threads)
+    accepted = False
+
+    def accept():
+        nonlocal accepted
+        accepted = True
+        settle_hydra_files(run_dir, hc.output_subdir, accepted=True)
+
     try:
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, accept)
     except Interrupted as exc:
         if handover is not None and handover.relayed:
             log.warning("%s from submitit (time limit or preemption): checkpoint saved in %s; "
@@ -130,6 +165,9 @@ def _hydra_main(cfg):
             raise RunFailed(f"{run_dir}: {message}") from None
         print(f"otpe-train: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+    finally:
+        if not accepted:
+            settle_hydra_files(run_dir, hc.output_subdir, accepted=False)
     return summary.get("test/acc")
 
 

@@ -44,7 +44,7 @@ NAN_RUN = ["dataset=trandman", "algorithm=otpe", "trainer.iterations=12", "datas
 #: the finished run whose files every bad input must leave alone
 VICTIM = ["dataset=randman", "algorithm=otpe", "trainer.iterations=8", "dataset.num_steps=10",
           *BASE, "trainer.checkpoint_every=4", "trainer.log_every=2", "trainer.align_every=4"]
-KEPT = ("checkpoint.pt", "metrics.jsonl", "summary.json")
+KEPT = ("checkpoint.pt", "metrics.jsonl", "summary.json", ".hydra/config.yaml")
 GARBAGE = bytes((i * 7919 + 13) % 251 for i in range(5000))  # fixed: the same error every run
 
 
@@ -226,6 +226,8 @@ def victim(tmp_path_factory, one_thread) -> Path:
 
 def copy_of(victim: Path, dest: Path, unfinished: bool = False) -> Path:
     shutil.copytree(victim, dest)
+    (dest / ".hydra").mkdir(exist_ok=True)  # as Hydra left it when the run was made
+    (dest / ".hydra" / "config.yaml").write_text("# the config this run was made with\n")
     if unfinished:  # so that the next start tries to resume from the checkpoint
         (dest / "summary.json").unlink()
     return dest
@@ -528,6 +530,8 @@ def test_cli_bad_input_one_sentence_nonzero_exit_no_traceback(cli_results, name)
     if r["before"]:
         after = snapshot(r["run_dir"])
         assert {k: after.get(k) for k in r["before"]} == r["before"], "existing files changed"
+        assert ".hydra/config.yaml" in r["before"]
+        assert not (r["run_dir"] / ".hydra" / "pending").exists()
     if name == "unwritable-dir":
         assert (r["tmp"] / "afile").read_text() == "keep me"
     if name == "truncated-checkpoint":

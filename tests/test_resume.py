@@ -129,8 +129,12 @@ def assert_same_run(run_dir: Path, baseline: Path):
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, baseline):
     run_dir = tmp_path / "run"
     at = interrupt(run_dir, signal.SIGTERM, 10, "term")
+    hydra = run_dir / ".hydra"
+    assert f"iterations: {ITERS}" in (hydra / "config.yaml").read_text()  # Hydra's record
+    assert not (hydra / "pending").exists()
     finish(run_dir, at)
     assert_same_run(run_dir, baseline)
+    assert (hydra / "config.yaml").exists() and not (hydra / "pending").exists()
 
 
 def test_sigint_and_sigusr1_twice_interrupted_then_resumed(tmp_path, baseline):
