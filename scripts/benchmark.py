@@ -25,6 +25,7 @@ import torch
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm
 from otpe_cli.data.randman import Randman
+from otpe_cli.rules import RULES
 
 TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
     "ottt": ("ottt", "bptt", 1.3),
@@ -60,6 +61,26 @@ def trace_floor(model, batch, steps, device):
     return time.perf_counter() - tic
 
 
+def rule_work(model, rule_name, batch, steps, device):
+    """Only a per-layer rule's own work, ``update`` + ``accumulate`` for every layer and step,
+    on fixed inputs: no forward pass, no loss, no sweep (what the rule adds to the shared loop)."""
+    with torch.no_grad():
+        rules = [RULES[rule_name](layer, batch, model.beta, model.threshold)
+                 for layer in model.layers]
+        a = [torch.rand(batch, layer.n_in, device=device) for layer in model.layers]
+        psi = [torch.rand(batch, layer.n_out, device=device) for layer in model.layers]
+        grads = [(torch.zeros_like(layer.weight), torch.zeros_like(layer.bias))
+                 for layer in model.layers]
+        sync(device)
+        tic = time.perf_counter()
+        for _ in range(steps):
+            for rule, ai, pi, (gw, gb) in zip(rules, a, psi, grads):
+                rule.update(ai, pi)
+                rule.accumulate(pi, gw, gb)
+        sync(device)
+    return time.perf_counter() - tic
+
+
 def timing(args, device):
     data, gen, model = make_problem(args, device)
     x, y = data.train_batch(args.batch, gen)
@@ -69,6 +90,7 @@ def timing(args, device):
     grad_t = {name: [] for name in algs}
     iter_t = {name: [] for name in algs}
     floor_t = []
+    rule_t = {"ostl": [], "otpe": []}
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
     for rep in range(args.repeats):
@@ -88,10 +110,12 @@ def timing(args, device):
             sync(device)
             iter_t[name].append(time.perf_counter() - tic)
         floor_t.append(trace_floor(model, args.batch, args.steps, device))
+        for rule, times in rule_t.items():
+            times.append(rule_work(model, rule, args.batch, args.steps, device))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = lambda v: statistics.median(v)  # noqa: E731
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
-            med(floor_t))
+            med(floor_t), {n: med(v) for n, v in rule_t.items()})
 
 
 def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
@@ -148,7 +172,7 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor = timing(args, device)
+    grad_t, iter_t, floor, rule_t = timing(args, device)
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
     for name in grad_t:
@@ -163,6 +187,13 @@ def main(argv=None):
             extra = grad_t["ostl"] - grad_t["ottt"]
             print(f"OSTL's own trace work (OSTL − OTTT) / floor: {extra / floor:.2f};  "
                   f"OSTL / (OTTT + floor): {grad_t['ostl'] / (grad_t['ottt'] + floor):.2f}")
+        print(f"the OSTL rule alone (update + accumulate, every layer and step, no forward "
+              f"pass, loss or sweep) / floor: {rule_t['ostl'] / floor:.2f}")
+        print(f"OSTL without its rule (the shared per-step loop) / floor: "
+              f"{(grad_t['ostl'] - rule_t['ostl']) / floor:.2f}")
+    if "otpe" in grad_t:
+        print(f"the OTPE rule alone / the OSTL rule alone: "
+              f"{rule_t['otpe'] / rule_t['ostl']:.2f}")
     for name, (num, den, bound) in TARGETS.items():
         if num in grad_t and den in grad_t:
             print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound})")
@@ -177,6 +208,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
+                       "rule_only_s": rule_t,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
                        "args": vars(args)}, f, indent=2)
     return 0
