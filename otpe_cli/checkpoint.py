@@ -145,22 +145,24 @@ def _flatten(value, prefix: str, out: dict) -> dict:
     return out
 
 
-def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
-    """Refuse a checkpoint made with a different model, algorithm, optimizer or data config,
-    naming every key that differs (``model.width: 16 in the checkpoint, 32 now``)."""
-    if not isinstance(saved, dict):
-        saved = {}
-    old = _flatten(saved, "", {})
+def describe_differences(saved, current: dict, where: str) -> str:
+    """Every key (dotted) whose value differs between two nested dicts, in one phrase:
+    ``model.width is 16 in the checkpoint but 32 now; …`` (``where`` names the saved side)."""
+    old = _flatten(saved if isinstance(saved, dict) else {}, "", {})
     new = _flatten(current, "", {})
     missing = object()
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a is missing or b is missing or a != b:
-            show = lambda v: "absent" if v is missing else repr(v)  # noqa: E731
-            diffs.append(f"{key} is {show(a)} in the checkpoint but {show(b)} now")
-    if diffs:
-        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    show = lambda v: "absent" if v is missing else repr(v)  # noqa: E731
+    diffs = [f"{key} is {show(old.get(key, missing))} {where} but {show(new.get(key, missing))} now"
+             for key in sorted(set(old) | set(new))
+             if key not in old or key not in new or old[key] != new[key]]
+    return "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+
+
+def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
+    """Refuse a checkpoint made with a different model, algorithm, optimizer or data config,
+    naming every key that differs (``model.width is 16 in the checkpoint but 32 now``)."""
+    shown = describe_differences(saved, current, "in the checkpoint")
+    if shown:
         raise CheckpointError(
             f"checkpoint {path} was made with a different configuration ({shown}), so it is "
             "kept as it is: resume with the checkpoint's settings, or give this config its own "

@@ -324,11 +324,9 @@ class Trainer:
         choices = json.loads(json.dumps(config_choices(self.cfg), default=str))
         if summary.get("config") == choices:
             return summary
-        theirs = summary.get("config") or {}
-        diffs = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in choices.items()
-                 if theirs.get(k) != v]
+        shown = ckpt.describe_differences(summary.get("config"), choices, "in summary.json")
         raise ValueError(f"the run directory {self.run_dir} holds the finished results of a "
-                         f"different run ({'; '.join(diffs) or 'other settings'}) and no "
+                         f"different run ({shown}) and no "
                          "checkpoint; they are left as they are — give this config its own run "
                          "directory with hydra.run.dir=DIR.")
 

@@ -288,7 +288,8 @@ def test_finished_results_without_checkpoint_are_kept(make_cfg, tmp_path, baseli
     before = (run_dir / "metrics.jsonl").read_bytes()
     summary = run(make_cfg(ARGS), run_dir)
     assert summary == json.loads((baseline / "summary.json").read_text())
-    with pytest.raises(ValueError, match="holds the finished results of a different run"):
+    with pytest.raises(ValueError, match="holds the finished results of a different run "
+                       r"\(depth is 3 in summary.json but 2 now\)"):
         run(make_cfg([*ARGS, "model.depth=2"]), run_dir)
     assert (run_dir / "metrics.jsonl").read_bytes() == before
     assert not (run_dir / "checkpoint.pt").exists()
