@@ -20,7 +20,6 @@ from .logs import SUMMARY_NAME, write_json_atomic
 log = logging.getLogger("otpe-train")
 
 
-
 class RunFailed(RuntimeError):
     """One run of a sweep failed; its directory records why and the other runs go on."""
 

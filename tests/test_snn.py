@@ -122,3 +122,24 @@ def test_cuda_matches_cpu():
         m.cpu()
         for k in cpu:
             assert torch.allclose(cpu[k], gpu[k].cpu(), atol=1e-10), (alg, k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_float32_rules_follow_float64():
+    """float32 on CUDA (the dtype training uses) against float64 on the CPU, every algorithm:
+    a cosine per parameter, loose enough for float32 rounding, tight enough for a wrong rule.
+    (On the CPU these seeds give the same spikes in both dtypes: cosines 1 − 1e-12.)"""
+    from otpe_cli import sequence_gradients
+    torch.manual_seed(5)
+    m = SNN([6, 8, 3]).double()
+    x = (torch.rand(10, 4, 6) < 0.4).double(); y = torch.randint(0, 3, (4,))
+    m32 = SNN([6, 8, 3]).cuda()
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    for alg in ("bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe"):
+        ref = sequence_gradients(alg, m, x, y)
+        got = sequence_gradients(alg, m32, x.float().cuda(), y.cuda())
+        for k in ref:
+            assert got[k].dtype == torch.float32 and got[k].device.type == "cuda"
+            cos = torch.nn.functional.cosine_similarity(ref[k].flatten(),
+                                                        got[k].double().cpu().flatten(), dim=0)
+            assert cos > 0.9999 or ref[k].abs().max() < 1e-12, (alg, k, float(cos))

@@ -1,5 +1,6 @@
 """Short real training runs through the shared trainer (compose API → cli.run)."""
 import json
+import math
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def test_bias_trace_option_changes_only_the_bias_gradients(make_cfg, tmp_path):
         for name in plain:
             same = torch.equal(plain[name], traced[name])
             assert same == name.endswith("weight"), (alg, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("update", ["offline", "online"])
+def test_training_on_cuda_runs_and_resumes(make_cfg, tmp_path, update):
+    """trainer.device=cuda end to end: training, alignment, evaluation, a checkpoint with the
+    CUDA RNG state, and a resume that trains on from it."""
+    over = ["dataset=trandman", "algorithm=otpe", f"trainer.update={update}",
+            "trainer.device=cuda", "trainer.checkpoint_every=2",
+            *[o for o in TINY if not o.startswith("trainer.checkpoint_every")]]
+    first = run(make_cfg(over + ["trainer.iterations=4"]), tmp_path)
+    assert first["status"] == "finished" and first["iter"] == 4
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["cuda_rng"] and ckpt["iteration"] == 4
+    more = run(make_cfg(over + ["trainer.iterations=6"]), tmp_path)
+    assert more["iter"] == 6 and math.isfinite(more["train/loss"])
+    assert math.isfinite(more["align/cos/global"])
