@@ -80,13 +80,17 @@ def _natural(path: Path) -> list:
 
 
 def find_run_dirs(roots: list[Path], skip: Path | None = None) -> list[Path]:
-    """Every directory under ``roots`` that holds summary.json or metrics.jsonl, sorted."""
-    found = set()
+    """Every directory under ``roots`` that holds summary.json or metrics.jsonl, sorted.
+    Symbolic links are followed (runs gathered from several places into one folder), each real
+    directory once, so a link that points back up cannot loop."""
+    found, seen = set(), set()
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             here = Path(dirpath)
+            seen.add(here.resolve())
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
-                                 and (skip is None or here / d != skip))
+                                 and (skip is None or here / d != skip)
+                                 and (here / d).resolve() not in seen)
             if SUMMARY_NAME in filenames or METRICS_NAME in filenames:
                 found.add(here.resolve())
     return sorted(found, key=_natural)

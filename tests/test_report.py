@@ -100,6 +100,21 @@ def test_means_and_std_are_exact(tmp_path):
     assert not written["notes"]
 
 
+def test_runs_linked_into_one_folder_are_found_once(tmp_path):
+    """Run directories gathered by symbolic links are followed; a link back up does not loop,
+    and a run reached twice counts once."""
+    for seed, acc in enumerate((0.8, 0.9, 1.0)):
+        _fake_run(tmp_path / "runs" / f"s{seed}", acc=acc, seed=seed)
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for seed in range(3):
+        (gathered / f"s{seed}").symlink_to(tmp_path / "runs" / f"s{seed}")
+    (gathered / "again").symlink_to(tmp_path / "runs" / "s0")
+    (gathered / "loop").symlink_to(gathered)
+    written = make_report([gathered], tmp_path / "out", figures=False)
+    assert "| otpe | 90.0 ± 10.0 (3) |" in written["markdown"].read_text()
+
+
 def test_failed_in_progress_and_mixed_runs_are_noted_not_fatal(sweep, tmp_path):
     root = tmp_path / "mixed"
     shutil.copytree(sweep, root, ignore=shutil.ignore_patterns("report"))
