@@ -438,6 +438,24 @@ def test_parameters_and_grad_untouched():
             assert torch.equal(x, x_before), f"{alg} modified its input x"
 
 
+def test_the_process_denormal_setting_is_left_as_it_was():
+    """The online loop flushes subnormal floats while it runs (for speed), then restores the
+    caller's setting: off stays off, on stays on."""
+    _, sequence_gradients = _prod()
+    flushed = lambda: float(torch.tensor([1e-39]).mul_(1.0)) == 0.0  # noqa: E731
+    x, y = make_x(4, 2, 5, "spikes", seed=3), make_y(2, 3, seed=3)
+    model = build_active_model([5, 4, 3], x)
+    try:
+        for setting in (False, True):
+            if not torch.set_flush_denormal(setting):
+                pytest.skip("this CPU cannot flush subnormal floats")
+            for alg, kwargs in VARIANTS:
+                sequence_gradients(alg, model, x, y, **kwargs)
+                assert flushed() == setting, (alg, setting)
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @pytest.mark.parametrize("sizes,kind", [([6, 5, 4, 3], "spikes"), ([8, 7, 3], "counts")])
 def test_T1_every_rule_equals_bptt(sizes, kind):
     """SPEC 5.1 on production: every rule equals production BPTT and reference BPTT."""
