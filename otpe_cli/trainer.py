@@ -326,7 +326,7 @@ class Trainer:
             return summary
         shown = ckpt.describe_differences(summary.get("config"), choices, "in summary.json")
         raise ValueError(f"the run directory {self.run_dir} holds the finished results of a "
-                         f"different run ({shown}) and no "
+                         f"different run ({shown or 'other settings'}) and no "
                          "checkpoint; they are left as they are — give this config its own run "
                          "directory with hydra.run.dir=DIR.")
 
