@@ -20,6 +20,21 @@ def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
     return [torch.zeros_like(p) for p in model.parameters()]
 
 
+@contextmanager
+def _flushing_denormals():
+    """Traces decay by β(1 − θψ) every step and reach subnormal floats within a few hundred
+    steps; subnormal arithmetic is ~100× slower on CPUs, so flush them to zero while the online
+    loop runs, and leave the process's setting as it was afterwards."""
+    was_on = float(torch.tensor([1e-39]).mul_(1.0)) == 0.0  # a float32 subnormal, flushed?
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was_on:
+            torch.set_flush_denormal(False)
+
+
+@_flushing_denormals()
 def online_pass(
     model: SNN,
     rule_names: list[str],
@@ -37,25 +52,6 @@ def online_pass(
     every step (it applies the optimizer) and the buffers are cleared after it.
     Returns (gradients aligned with ``model.parameters()``, SequenceStats).
     """
-    with _flushing_denormals():
-        return _online_pass(model, rule_names, x, y, readout, bias_trace, on_step)
-
-
-@contextmanager
-def _flushing_denormals():
-    """Traces decay by β(1 − θψ) every step and reach subnormal floats within a few hundred
-    steps; subnormal arithmetic is ~100× slower on CPUs, so flush them to zero while the online
-    loop runs, and leave the process's setting as it was afterwards."""
-    was_on = float(torch.tensor([1e-39]).mul_(1.0)) == 0.0  # a float32 subnormal, flushed?
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if not was_on:
-            torch.set_flush_denormal(False)
-
-
-def _online_pass(model, rule_names, x, y, readout, bias_trace, on_step):
     T, B, _ = x.shape
     layers = model.layers
     grads = _zeros_like_params(model)
