@@ -90,7 +90,7 @@ def timing(args, device):
     grad_t = {name: [] for name in algs}
     iter_t = {name: [] for name in algs}
     floor_t = []
-    rule_t = {"ostl": [], "otpe": []}
+    rule_t = {rule: [] for rule in ("ostl", "otpe") if rule in algs}  # only what is printed
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
     for rep in range(args.repeats):
@@ -191,7 +191,7 @@ def main(argv=None):
               f"pass, loss or sweep) / floor: {rule_t['ostl'] / floor:.2f}")
         print(f"OSTL without its rule (the shared per-step loop) / floor: "
               f"{(grad_t['ostl'] - rule_t['ostl']) / floor:.2f}")
-    if "otpe" in grad_t:
+    if "otpe" in rule_t and "ostl" in rule_t:
         print(f"the OTPE rule alone / the OSTL rule alone: "
               f"{rule_t['otpe'] / rule_t['ostl']:.2f}")
     for name, (num, den, bound) in TARGETS.items():
