@@ -1,0 +1,71 @@
+"""The scripts under scripts/ run end to end at tiny sizes (the README quotes their output).
+
+Only that they run and report every figure is checked here; their speed is what they measure,
+never asserted.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name, *args, cwd):
+    out = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
+    algorithms = ["bptt", "ottt", "approx_otpe", "ostl", "otpe", "f_otpe", "f_approx_otpe"]
+    out = run_script("benchmark.py", "--inputs", "6", "--width", "8", "--batch", "4",
+                     "--steps", "3", "--repeats", "1", "--threads", "1",
+                     "--memory-steps", "3", "6", "--memory-algorithms", "bptt", "ostl",
+                     "--json", str(tmp_path / "bench.json"), cwd=tmp_path)
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert sorted(figures["gradient_s"]) == sorted(algorithms)
+    assert all(t > 0 for t in figures["gradient_s"].values())
+    assert all(t > 0 for t in figures["iteration_s"].values())
+    assert figures["floor_s"] > 0 and sorted(figures["rule_only_s"]) == ["ostl", "otpe"]
+    assert sorted(figures["memory_mib"]) == ["bptt", "ostl"]
+    assert all(len(v) == 2 for v in figures["memory_mib"].values())
+    for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
+                 "the OTPE rule alone / the OSTL rule alone:", "peak memory"):
+        assert line in out, line
+
+
+def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
+    out = run_script("benchmark.py", "--inputs", "6", "--width", "8", "--batch", "4",
+                     "--steps", "3", "--repeats", "1", "--threads", "1", "--memory-steps",
+                     "--algorithms", "bptt", "otpe", "--json", str(tmp_path / "b.json"),
+                     cwd=tmp_path)
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert sorted(figures["gradient_s"]) == ["bptt", "otpe"]
+    assert sorted(figures["rule_only_s"]) == ["otpe"]  # the OSTL rule was not timed
+    assert "OSTL / floor" not in out and "otpe / ostl" not in out and "peak memory" not in out
+
+
+def test_bias_trace_script_prints_both_settings_for_both_rules(tmp_path):
+    out = run_script("bias_trace_alignment.py", "--batches", "1", cwd=tmp_path)
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("ottt", "False"), ("ottt", "True"),
+                                            ("approx_otpe", "False"), ("approx_otpe", "True")]
+    for r in rows:  # 6 parameters + global, each a cosine
+        assert len(r) == 9 and all(-1 <= float(v) <= 1 for v in r[2:])
+    kernels = {(r[0], r[1]): r[2:8:2] for r in rows}  # the layers.<i>.weight columns
+    assert kernels[("ottt", "False")] == kernels[("ottt", "True")]  # the option leaves W alone
+
+
+def test_bench_data_times_every_stage_of_the_shd_path(tmp_path):
+    out = run_script("bench_data.py", "--root", str(tmp_path / "d"), "--train", "24",
+                     "--test", "8", "--tonic-samples", "4", "--batch", "4", cwd=tmp_path)
+    for stage in ("synthetic SHD files", "tonic per-sample ToFrame", "bulk h5py read",
+                  "numpy binning", "first run: locate + read + bin + write cache",
+                  "next runs: locate + load cache", "draw a batch of 4", "one OTPE iteration",
+                  "batch draw / OTPE iteration"):
+        assert stage in out, stage
+    assert (tmp_path / "d" / "SHD" / "shd_train.h5").exists()  # --root keeps its files
