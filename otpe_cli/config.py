@@ -7,7 +7,7 @@ that types cannot express live in `validate`, which answers with a sentence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -17,6 +17,12 @@ from .snn import DEFAULT_BETA
 
 class ConfigError(ValueError):
     """A config value is out of range or inconsistent; the message names the key."""
+
+
+def _paper_lr(online: float):
+    """The paper's Adamax learning rate on a data set, per update mode (SPEC §3); the adamax
+    optimizer's ``lr`` reads it as ``${dataset.adamax_lr.${trainer.update}}``."""
+    return field(default_factory=lambda: {"offline": 1e-3, "online": online})
 
 
 @dataclass
@@ -29,6 +35,7 @@ class RandmanConfig:
     alpha: float = 1.0
     test_samples_per_class: int = 1000
     manifold_seed: int = 42
+    adamax_lr: Dict[str, float] = _paper_lr(online=2.5e-4)
 
 
 @dataclass
@@ -48,6 +55,7 @@ class SHDConfig:
     cache_dir: Optional[str] = None      # None: <root>/cache
     download: bool = True                # let tonic download when files are absent
     download_timeout: float = 15.0       # socket timeout (s) around any download attempt
+    adamax_lr: Dict[str, float] = _paper_lr(online=1e-4)
 
 
 @dataclass
@@ -163,6 +171,7 @@ def validate(cfg) -> None:
     _no_added_keys(cfg)
 
     m, t, o, a, d = cfg.model, cfg.trainer, cfg.optimizer, cfg.algorithm, cfg.dataset
+    _choice("trainer.update", t["update"], ("offline", "online"))  # optimizer.lr may read it
     _positive("model.depth", m.depth)
     _positive("model.width", m.width)
     _positive("model.threshold", m.threshold)
@@ -180,7 +189,6 @@ def validate(cfg) -> None:
     _positive("trainer.eval_batch_size", t.eval_batch_size)
     for key in ("eval_every", "log_every", "align_every", "checkpoint_every"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
-    _choice("trainer.update", t["update"], ("offline", "online"))
     _choice("trainer.device", t.device, ("cpu", "cuda", "auto"))
     _choice("trainer.dtype", t.dtype, ("float32", "float64"))
     _choice("trainer.on_nan", t.on_nan, ("stop", "skip"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from . import checkpoint as ckpt
 from .algorithms import build_algorithm
@@ -60,20 +61,26 @@ def build_optimizer(cfg, params):
 
 
 def config_choices(cfg) -> dict:
-    """The key choices that identify a run (used in summaries, reports and W&B)."""
+    """The key choices that identify a run (used in summaries, reports and W&B). Also called
+    for a config that failed validation: an lr that cannot resolve is kept as written."""
+    try:
+        lr = cfg.optimizer.lr
+    except InterpolationResolutionError:  # e.g. ${dataset.adamax_lr.${trainer.update}}
+        lr = OmegaConf.to_container(cfg.optimizer, resolve=False)["lr"]
     return {
         "dataset": cfg.dataset.name, "encoding": cfg.encoding.name,
         "algorithm": cfg.algorithm.name, "depth": cfg.model.depth, "width": cfg.model.width,
-        "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr,
+        "optimizer": cfg.optimizer.name, "lr": lr,
         "batch_size": cfg.trainer.batch_size, "update": cfg.trainer["update"],
         "seed": cfg.trainer.seed, "iterations": cfg.trainer.iterations,
         "bias_trace": cfg.algorithm.bias_trace,
     }
 
 
-#: dataset keys that say where the data lives or how it is fetched, not what it is: a resumed
-#: run may find its data elsewhere
-DATA_LOCATION_KEYS = ("root", "cache", "cache_dir", "download", "download_timeout")
+#: dataset keys left out of the fingerprint: where the data lives or how it is fetched, not
+#: what it is (a resumed run may find its data elsewhere); and the paper's learning rates, of
+#: which only the optimizer's resolved ``lr`` counts (the fingerprint holds it)
+NOT_FINGERPRINTED = ("root", "cache", "cache_dir", "download", "download_timeout", "adamax_lr")
 
 
 def fingerprint(cfg) -> dict:
@@ -86,7 +93,7 @@ def fingerprint(cfg) -> dict:
     def plain(node):
         return OmegaConf.to_container(node, resolve=True)
 
-    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in DATA_LOCATION_KEYS}
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in NOT_FINGERPRINTED}
     return {
         "model": plain(cfg.model), "algorithm": plain(cfg.algorithm),
         "optimizer": plain(cfg.optimizer), "dataset": dataset,

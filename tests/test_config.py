@@ -32,6 +32,27 @@ def test_every_algorithm_composes(make_cfg, alg):
     validate(cfg)
 
 
+@pytest.mark.parametrize("overrides, lr", [
+    ([], 1e-3), (["trainer.update=online"], 2.5e-4),
+    (["dataset=trandman"], 1e-3), (["dataset=trandman", "trainer.update=online"], 2.5e-4),
+    (["dataset=shd"], 1e-3), (["dataset=shd", "trainer.update=online"], 1e-4),
+    (["dataset=ssc", "trainer.update=online"], 1e-4),
+    (["trainer.update=online", "optimizer.lr=0.01"], 0.01),    # an explicit lr wins
+    (["trainer.update=online", "dataset.adamax_lr.online=3e-4"], 3e-4),
+    (["optimizer=adam", "trainer.update=online"], 1e-3),        # only Adamax is the paper's
+])
+def test_adamax_lr_is_the_papers_for_the_data_set_and_update_mode(make_cfg, overrides, lr):
+    """SPEC §3: Adamax lr 1e-3 offline, 2.5e-4 online on Randman, 1e-4 online on SHD."""
+    cfg = make_cfg(overrides)
+    assert cfg.optimizer.lr == lr
+    validate(cfg)
+
+
+def test_a_bad_update_mode_is_named_before_the_lr_that_reads_it(make_cfg):
+    with pytest.raises(ConfigError, match=r"trainer\.update='onlin' is not one of"):
+        validate(make_cfg(["trainer.update=onlin"]))
+
+
 @pytest.mark.parametrize("opt", ["adamax", "adam", "sgd"])
 def test_optimizers_compose(make_cfg, opt):
     cfg = make_cfg([f"optimizer={opt}", "optimizer.lr=0.01"])

@@ -9,6 +9,7 @@ process through the same code (``cli.run``), whose exceptions the CLI turns into
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -204,7 +205,7 @@ def test_skip_counts_are_resumed(make_cfg, tmp_path, monkeypatch):
 
 # ============================================================================ determinism
 @pytest.mark.parametrize("over", [
-    ["algorithm=f_otpe", "trainer.update=online", "optimizer.lr=2.5e-4"],
+    ["algorithm=f_otpe", "trainer.update=online"],
     ["algorithm=ostl", "optimizer=sgd", "optimizer.momentum=0.9"],
 ], ids=["online-f_otpe", "offline-ostl-sgd"])
 def test_same_config_and_seed_give_identical_metrics(make_cfg, tmp_path, over):
@@ -449,6 +450,10 @@ def _cli_cases(tmp: Path, victim: Path) -> dict:
     path = run_dir / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:1000])
     cases["truncated-checkpoint"][2].append(str(path))
+    add("bad-update-mode", [*VICTIM, "trainer.update=onlin"],  # Adamax's lr reads the mode
+        ["otpe-train: error: trainer.update='onlin' is not one of: offline, online."], "no-dir")
+    cases["bad-update-mode"] = (*cases["bad-update-mode"][:1], tmp / "bad-update-mode" / "run",
+                                cases["bad-update-mode"][2])
     add("different-config", [*VICTIM, "model.width=32"],
         ["otpe-train: error: checkpoint", "model.width is 16 in the checkpoint but 32 now"],
         "unfinished")
@@ -508,7 +513,7 @@ def cli_results(tmp_path_factory, victim):
     return results
 
 
-CLI_CASES = ["wrong-type", "unknown-key", "unknown-dataset", "out-of-range",
+CLI_CASES = ["wrong-type", "unknown-key", "unknown-dataset", "out-of-range", "bad-update-mode",
              "truncated-checkpoint", "different-config", "unwritable-dir", "unwritable-proc",
              "nan-loss", "batch-too-large", "missing-data", "corrupt-data"]
 
@@ -534,6 +539,10 @@ def test_cli_bad_input_one_sentence_nonzero_exit_no_traceback(cli_results, name)
         assert not (r["run_dir"] / ".hydra" / "pending").exists()
     if name == "unwritable-dir":
         assert (r["tmp"] / "afile").read_text() == "keep me"
+    if name == "bad-update-mode":  # the failure is recorded, the unresolvable lr as written
+        failed = json.loads((r["run_dir"] / "summary.json").read_text())
+        assert failed["status"] == "failed" and "trainer.update='onlin'" in failed["error"]
+        assert failed["config"]["lr"] == "${dataset.adamax_lr.${trainer.update}}"
     if name == "truncated-checkpoint":
         assert len((r["run_dir"] / "checkpoint.pt").read_bytes()) == 1000  # left in place
     if name == "nan-loss":

@@ -179,7 +179,7 @@ def _crash_at(monkeypatch, iteration: int):
 
 @pytest.mark.parametrize("extra", [
     ["algorithm=bptt"],
-    ["algorithm=f_otpe", "trainer.update=online", "optimizer.lr=2.5e-4", "trainer.on_nan=skip"],
+    ["algorithm=f_otpe", "trainer.update=online", "trainer.on_nan=skip"],
 ], ids=["offline-bptt", "online-f_otpe"])
 def test_crash_between_checkpoints_resumes_from_the_last_one(make_cfg, tmp_path, monkeypatch,
                                                               extra):
