@@ -193,7 +193,51 @@ def _run_dir_problem(argv: list[str]) -> str | None:
     return None
 
 
+class _PipeSafe:
+    """A console stream that outlives its reader (``otpe-train | head``): on the first broken
+    pipe its descriptor is pointed at /dev/null, so the run goes on and writes its files as if
+    nothing had happened (the console output is what is lost, not the run)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _guard_console_streams() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):  # captured (pytest): not a pipe
+            continue
+        setattr(sys, name, _PipeSafe(stream))
+
+
 def main() -> None:
+    _guard_console_streams()
     problem = _run_dir_problem(sys.argv[1:])
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)

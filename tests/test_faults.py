@@ -549,3 +549,22 @@ def test_cli_bad_input_one_sentence_nonzero_exit_no_traceback(cli_results, name)
         state = ckpt.load(r["run_dir"] / "checkpoint.pt")
         assert state["iteration"] == 4
         assert all(bool(torch.isfinite(p).all()) for p in state["model"].values())
+
+
+def test_a_console_reader_that_goes_away_loses_no_run(tmp_path):
+    """``otpe-train ... | head -2``: the pipe breaks after two lines; the run still finishes
+    and writes its files (only the console output is lost), exit 0."""
+    exe = Path(sys.executable).with_name("otpe-train")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **ENV}
+    proc = subprocess.Popen(
+        [str(exe) if exe.exists() else "otpe-train", *VICTIM, "trainer.iterations=30",
+         "trainer.progress=lines", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()  # the reader is gone: every later write meets a broken pipe
+    assert proc.wait(timeout=TIMEOUT) == 0, first
+    assert b"run directory" in first[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["iter"] == 30
+    assert (run_dir / "checkpoint.pt").exists()
