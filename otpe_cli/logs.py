@@ -75,6 +75,11 @@ class ConsoleProgress:
             self.task = self.progress.add_task(title, total=total, completed=start, status="")
             self.progress.start()
 
+    def say(self, line: str) -> None:
+        """One plain line (not in ``progress=none``), above the bar when there is one."""
+        if self.mode != "none":
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def update(self, iteration: int, status: str, force_line: bool = False) -> None:
         if self.mode == "bar":
             self.progress.update(self.task, completed=iteration, status=status)
@@ -116,6 +121,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.metrics = MetricsFile(self.run_dir)
         self.console = ConsoleProgress(total, start, cfg.trainer.progress, title)
+        self.console.say(f"run directory: {self.run_dir}")
         self.wandb = None
         if cfg.logger.name == "wandb":
             from .wandb_logger import WandbLogger
@@ -132,9 +138,21 @@ class RunLogger:
             self.wandb.log(row)
         self.console.update(row["iter"], status_line(row), force_line=line)
 
+    def write_summary(self, summary: dict) -> None:
+        write_json_atomic(self.run_dir / SUMMARY_NAME, {k: _clean(v) for k, v in summary.items()})
+
+    def drop_interrupted_summary(self) -> None:
+        """A resumed run is in progress again: its "interrupted" summary no longer holds."""
+        path = self.run_dir / SUMMARY_NAME
+        try:
+            if json.loads(path.read_text()).get("status") == "interrupted":
+                path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def finish(self, summary: dict, final_table: dict, failed: bool = False) -> None:
         self.console.close()
-        write_json_atomic(self.run_dir / SUMMARY_NAME, {k: _clean(v) for k, v in summary.items()})
+        self.write_summary(summary)
         if self.wandb:
             self.wandb.finish(summary, failed)
             self.wandb = None

@@ -342,6 +342,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.cfg, t.iterations, self.iteration,
                                 f"{self.algorithm.name}", self.wandb_run_id)
         self.logger.metrics.truncate_after(self.iteration)  # rows after the checkpoint go
+        self.logger.drop_interrupted_summary()  # this run is under way again
         ckpt.remove_stale_temporaries(self.checkpoint_path)
         previous = {}
         if threading.current_thread() is threading.main_thread():  # (signals need it)
@@ -364,6 +365,7 @@ class Trainer:
         while self.iteration < t.iterations:
             if self._signal is not None:
                 self.save_checkpoint()
+                self.logger.write_summary(self._summary("interrupted"))
                 raise Interrupted(self._signal)
             tic = time.perf_counter()
             x, y = self.data.train_batch(t.batch_size, self.batch_gen)
@@ -395,28 +397,30 @@ class Trainer:
                 self.save_checkpoint()
         return last_eval
 
-    def _finish(self, last_eval: dict) -> dict:
-        rows = read_metrics(self.logger.metrics.path)
-        final = {}
-        for row in rows:  # the latest value of every metric (None where it was not finite)
-            final.update(row)
-        if not last_eval:
-            last_eval = self.evaluate()
-        final.update(last_eval)
-        summary = {k: v for k, v in final.items() if not k.startswith("time/")}
+    def _summary(self, status: str, last_eval: dict | None = None) -> dict:
+        """The run so far: the latest value of every logged metric (None where it was not
+        finite), ``last_eval`` on top, the best values, the alignment means and the config."""
+        summary = {}
+        for row in read_metrics(self.logger.metrics.path):
+            summary.update(row)
+        summary.update(last_eval or {})
+        summary = {k: v for k, v in summary.items() if not k.startswith("time/")}
         summary.update(self.best)
         summary.update({f"align_mean/{k[len('align/'):]}": s / self.align_count
                         for k, s in self.align_sums.items()})
-        summary["iter"] = self.iteration
-        summary["status"] = "finished"
-        summary["skipped_updates"] = self.skipped
-        summary["wall_time_s"] = self._wall()
-        summary["config"] = config_choices(self.cfg)
+        summary.update({"iter": self.iteration, "status": status,
+                        "skipped_updates": self.skipped, "wall_time_s": self._wall(),
+                        "config": config_choices(self.cfg)})
+        return summary
+
+    def _finish(self, last_eval: dict) -> dict:
+        summary = self._summary("finished", last_eval or self.evaluate())
         self.save_checkpoint()
         table = {k: summary[k] for k in ("train/loss", "train/acc", "val/acc", "test/acc",
                                          "best/test_acc", "best/val_acc",
                                          "best/test_acc_at_best_val", "align/cos/global",
                                          "align_mean/cos/global", "wall_time_s")
                  if k in summary}
+        table["run directory"] = str(self.run_dir)
         self.logger.finish(summary, table)
         return summary

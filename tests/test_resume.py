@@ -83,6 +83,8 @@ def interrupt(run_dir: Path, sig: signal.Signals, at_least: int, tag: str) -> in
     log = run_dir.parent / f"{run_dir.name}.{tag}.log"
     proc = start(ARGS, run_dir, log)
     seen = wait_for_iter(proc, run_dir, at_least, log)
+    # under way: no summary (a resumed run drops the "interrupted" one of its last stop)
+    assert not (run_dir / "summary.json").exists()
     proc.send_signal(sig)
     rc = proc.wait(timeout=TIMEOUT)
     out = log.read_text()
@@ -93,7 +95,9 @@ def interrupt(run_dir: Path, sig: signal.Signals, at_least: int, tag: str) -> in
     assert seen <= state["iteration"] < ITERS, (seen, state["iteration"])
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert rows[-1]["iter"] <= state["iteration"]
-    assert not (run_dir / "summary.json").exists()  # not finished, not failed
+    summary = json.loads((run_dir / "summary.json").read_text())  # resumable, at the checkpoint
+    assert summary["status"] == "interrupted" and summary["iter"] == state["iteration"]
+    assert summary["config"]["algorithm"] == "otpe" and "train/loss" in summary
     assert not list(run_dir.glob("checkpoint.pt.*.tmp"))  # no temporary file left behind
     return state["iteration"]
 
