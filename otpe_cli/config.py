@@ -6,6 +6,7 @@ that types cannot express live in `validate`, which answers with a sentence.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -140,8 +141,10 @@ def _choice(key: str, value, choices) -> None:
 
 
 def _positive(key: str, value, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "zero or more" if allow_zero else "greater than zero"
+    """A finite number above zero (or zero too); NaN and inf fail every comparison here."""
+    if not (0 <= value < math.inf) or (value == 0 and not allow_zero):
+        bound = "a finite number of zero or more" if allow_zero else \
+            "a finite number greater than zero"
         raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
 
 
@@ -184,6 +187,12 @@ def validate(cfg) -> None:
     _choice("optimizer.name", o.name, ("adamax", "adam", "sgd"))
     _positive("optimizer.lr", o.lr)
     _positive("optimizer.weight_decay", o.weight_decay, allow_zero=True)
+    if o.name in ("adamax", "adam") and (len(o.betas) != 2 or
+                                          not all(0 <= b < 1 for b in o.betas)):
+        raise ConfigError(f"optimizer.betas={list(o.betas)} is out of range: it must be two "
+                          "numbers in [0, 1), e.g. [0.9, 0.999].")
+    if o.name == "sgd":
+        _positive("optimizer.momentum", o.momentum, allow_zero=True)
     _positive("trainer.iterations", t.iterations)
     _positive("trainer.batch_size", t.batch_size)
     _positive("trainer.eval_batch_size", t.eval_batch_size)
