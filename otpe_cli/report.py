@@ -1,16 +1,21 @@
 """``otpe-report``: the paper's tables and figures from run and sweep directories, without W&B.
 
-A run is a directory holding ``summary.json`` (a finished or failed run) or ``metrics.jsonl``
-(a run still in progress, or one that was killed). ``otpe-report`` finds them recursively and
-writes to OUT:
+A run is a directory holding ``summary.json`` (a finished, failed or interrupted run) or
+``metrics.jsonl`` (a run still in progress, or one that was killed). ``otpe-report`` finds them
+recursively and writes to OUT:
 
-- ``results.csv``: one row per run, its config choices and final (or latest) metrics;
+- ``results.csv``: one row per run that did not fail, its config choices and final (or latest)
+  metrics;
 - ``results.md`` (also printed as rich tables): mean ± std over seeds per
   dataset × algorithm × depth, the paper's layout, and per depth each layer's weight cosine
   to BPTT;
 - ``test_acc_vs_iter.png``, ``final_acc_vs_depth.png``, ``alignment_per_layer.png``.
 
-Failed runs, runs in progress and sweeps that mix other settings are reported with a note.
+Failed runs (refused at validation, or stopped by an error) hold no results: they are kept out
+of the CSV, the tables and the figures, and only counted and listed, with their error, in the
+notes. Runs in progress or interrupted (stopped by a signal at a checkpoint, resumable) are in
+the CSV and the curves but not in the means; they, and sweeps that mix other settings, are
+reported with a note.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ ALIGN_METRIC = "align_mean/cos/global"
 LAYER_ALIGN_METRIC = "align_mean/cos/layers.{}.weight"
 SKIP_DIRS = {"wandb", ".submitit", ".hydra", "__pycache__"}
 FIGURES = ("test_acc_vs_iter.png", "final_acc_vs_depth.png", "alignment_per_layer.png")
+#: statuses of a run that has results, but not final ones: in the CSV and the curves, not the means
+PARTIAL = ("in progress", "interrupted")
 
 
 class ReportError(Exception):
@@ -59,7 +66,7 @@ class ReportError(Exception):
 @dataclass
 class Run:
     path: Path
-    status: str                                  # finished | failed | in progress
+    status: str                                  # finished | failed | in progress | interrupted
     config: dict
     final: dict                                  # final (or, in progress, latest) metrics
     rows: list = field(default_factory=list)     # metrics.jsonl
@@ -129,6 +136,7 @@ def load_run(path: Path) -> Run:
     for row in rows:  # the latest value of every metric; a summary has the last word
         final.update({k: v for k, v in row.items() if _scalar(v)})
     if summary is not None:
+        # "interrupted": stopped by a signal, the summary taken at its last checkpoint
         status = summary.get("status", "finished")
         error = summary.get("error")
         final.update({k: v for k, v in summary.items()
@@ -175,9 +183,13 @@ class Tables:
     extras: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.usable = [r for r in self.runs if r.config.get("dataset") is not None]
+        # A failed run has no results, and its config may be the very settings that were
+        # refused (depth 0, a negative lr, a misspelt update, an unresolved "${...}"): in the
+        # tables it would add columns and rows of its own. It is only listed (status_notes).
+        self.usable = [r for r in self.runs
+                       if r.status != "failed" and r.config.get("dataset") is not None]
         for r in self.runs:
-            if r.config.get("dataset") is None:
+            if r.status != "failed" and r.config.get("dataset") is None:
                 self.notes.append(f"{r.path}: no config found (no summary.json config and no "
                                   ".hydra/config.yaml); left out of the tables and figures.")
         by_dataset = defaultdict(list)
@@ -244,20 +256,29 @@ def _describe(metric: str) -> str:
     return metric
 
 
+def _progress(run: Run) -> str:
+    total = run.get("iterations")
+    return f"  {run.path}: iteration {run.iteration}" + (f" of {total}" if total else "")
+
+
 def status_notes(runs: list, metric: str) -> list[str]:
     notes = []
     failed = [r for r in runs if r.status == "failed"]
     running = [r for r in runs if r.status == "in progress"]
+    interrupted = [r for r in runs if r.status == "interrupted"]
     if failed:
-        notes.append(f"{len(failed)} failed run(s), left out of the means:")
+        notes.append(f"{len(failed)} failed run(s), left out of the CSV, the tables and the "
+                     "figures:")
         notes += [f"  {r.path}: {r.error or 'no error recorded'}" for r in failed]
+    if interrupted:
+        notes.append(f"{len(interrupted)} interrupted run(s) (stopped by a signal; resumable: "
+                     "run the same command again), left out of the means; their values at the "
+                     "last checkpoint are in the CSV:")
+        notes += [_progress(r) for r in interrupted]
     if running:
         notes.append(f"{len(running)} run(s) in progress or stopped (metrics.jsonl without "
                      "summary.json), left out of the means; their latest values are in the CSV:")
-        for r in running:
-            total = r.get("iterations")
-            notes.append(f"  {r.path}: iteration {r.iteration}"
-                         + (f" of {total}" if total else ""))
+        notes += [_progress(r) for r in running]
     missing = [r for r in runs if r.status == "finished" and _number(r.final.get(metric)) is None]
     for r in missing:
         notes.append(f"{r.path}: finished without a finite {metric}; left out of the means.")
@@ -276,16 +297,18 @@ def status_notes(runs: list, metric: str) -> list[str]:
 # outputs
 # =============================================================================================
 def write_csv(runs: list, path: Path) -> None:
+    """One row per run given; failed runs are not given (no results, and an error column that
+    only they fill): the notes list them."""
     present = set().union(*(r.final.keys() for r in runs))
     metrics = [m for m in CSV_METRICS if m in present]
     metrics += sorted(present - set(metrics) - {"iter"})
-    header = ["run", "status", *CHOICES, "iter", *metrics, "error"]
+    header = ["run", "status", *CHOICES, "iter", *metrics]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in runs:
             writer.writerow([str(r.path), r.status, *(r.get(k) for k in CHOICES), r.iteration,
-                             *(r.final.get(m) for m in metrics), r.error or ""])
+                             *(r.final.get(m) for m in metrics)])
 
 
 def table_rows(tables: Tables, dataset, metric: str) -> tuple[list, list]:
@@ -406,8 +429,48 @@ def _layer_cosines(run: Run) -> dict[int, float]:
 
 
 def _grid(plt, nrows: int, ncols: int):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    # constrained layout rather than tight_layout: it leaves room for the figure legend below
+    # the panels, and does not give up ("Tight layout not applied") on crowded decorations
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False,
+                             layout="constrained")
     return fig, axes
+
+
+def _mpl_text(text) -> str:
+    """``text`` shown as is: matplotlib reads "$...$" as mathematics, and an unresolved
+    "${dataset.adamax_lr.${trainer.update}}" in a label would stop the report with a parse
+    error."""
+    return str(text).replace("$", r"\$")
+
+
+def _figure_legend(fig, order: list) -> None:
+    """One legend for the whole figure, below the panels, in ``order`` (colours are shared by
+    all panels), and only when a panel drew something labelled: ``legend()`` with nothing
+    labelled only warns. Per-panel legends inside the axes would hide the curves, and with
+    long labels (rows split by lr, width, ...) leave constrained layout no room; so the figure
+    is widened and heightened to hold the legend instead."""
+    handles = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = [label for label in order if label in handles]
+    labels += [label for label in handles if label not in labels]
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+
+    def legend(ncols):
+        return fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+                          ncols=ncols, fontsize=7, frameon=False)
+
+    one = legend(1)  # its width is that of the widest entry: as many columns as fit
+    entry = one.get_window_extent(renderer).width / fig.dpi
+    one.remove()
+    width = fig.get_figwidth()
+    final = legend(max(1, min(len(labels), int(width // max(entry, 1e-3)))))
+    box = final.get_window_extent(renderer)
+    fig.set_size_inches(max(width, box.width / fig.dpi + 0.2),
+                        fig.get_figheight() + box.height / fig.dpi + 0.1)
 
 
 def _colors(labels: list) -> dict:
@@ -432,7 +495,7 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
                         key=lambda s: (_algorithm_rank(s.split(" [")[0]), s))
     color = _colors(all_labels)
     ncols = max(len(layouts[d][1]) for d in datasets)
-    live = ("finished", "in progress")
+    live = ("finished", *PARTIAL)  # curves show runs not finished yet, up to where they are
 
     def dataset_by_depth_panels():
         """Rows = datasets, columns = depths: yields (axes, dataset, depth, labels, groups)."""
@@ -446,12 +509,10 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
                     continue
                 yield axes[i][j], dataset, depths[j], labels, groups
                 axes[i][j].grid(alpha=0.3)
-                if axes[i][j].has_data():
-                    axes[i][j].legend(fontsize=7)
         save(fig)
 
     def save(fig):
-        fig.tight_layout()
+        _figure_legend(fig, [_mpl_text(label) for label in all_labels])
         written.append(out / FIGURES[len(written)])
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
@@ -463,11 +524,12 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
             if not its:
                 continue
             ax.plot(its, mean, marker="o" if len(its) < 3 else None, ms=3,
-                    label=label, color=color[label])
+                    label=_mpl_text(label), color=color[label])
             ax.fill_between(its, [m - s for m, s in zip(mean, std)],
                             [m + s for m, s in zip(mean, std)], color=color[label],
                             alpha=0.2, lw=0)
-        ax.set(title=f"{dataset}, depth {depth}", xlabel="iteration", ylabel="test accuracy")
+        ax.set(title=_mpl_text(f"{dataset}, depth {depth}"), xlabel="iteration",
+               ylabel="test accuracy")
 
     # final accuracy against depth: one panel per dataset
     fig, axes = _grid(plt, 1, len(datasets))
@@ -482,13 +544,12 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
                 continue
             ax.errorbar([d for d, _ in points], [c[0] for _, c in points],
                         yerr=[c[1] or 0.0 for _, c in points], marker="o", capsize=3,
-                        label=label, color=color[label])
-        ax.set(title=dataset, xlabel="depth (spiking layers)", ylabel=metric)
+                        label=_mpl_text(label), color=color[label])
+        ax.set(title=_mpl_text(dataset), xlabel="depth (spiking layers)",
+               ylabel=_mpl_text(metric))
         if numeric:
             ax.set_xticks(numeric)
         ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=7)
     save(fig)
 
     # per-layer cosine to BPTT (BPTT itself is 1 everywhere)
@@ -506,8 +567,8 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
             stats = [mean_std(per_layer[k]) for k in layers]
             ax.errorbar([k + 1 for k in layers], [m for m, _ in stats],
                         yerr=[s or 0.0 for _, s in stats], marker="o", capsize=3,
-                        label=label, color=color[label])
-        ax.set(title=f"{dataset}, depth {depth}", xlabel="layer (last = output)",
+                        label=_mpl_text(label), color=color[label])
+        ax.set(title=_mpl_text(f"{dataset}, depth {depth}"), xlabel="layer (last = output)",
                ylabel="cosine to BPTT (weights)")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         if isinstance(depth, int):
@@ -535,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  otpe-report outputs/sweeps/randman_compare/2024-05-01_10-00-00\n"
                "  otpe-report outputs/sweeps/A outputs/sweeps/B -o paper/figures\n"
                "  otpe-report outputs/runs --metric best/test_acc_at_best_val\n\n"
-               "Failed runs and runs still in progress are listed in the CSV and noted; the\n"
+               "Failed runs are only counted and listed, with their error, in the notes; runs\n"
+               "still in progress or interrupted (resumable) are in the CSV and noted. The\n"
                "means use finished runs only. Runs that differ in other settings (lr, width,\n"
                "update, ...) get rows of their own.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -574,12 +636,16 @@ def make_report(dirs: list, out: Path | None = None, metric: str = "test/acc",
         raise ReportError(f"cannot create the output folder {out} ({exc.strerror}).") from None
     tables = Tables(runs)
     notes = tables.notes + status_notes(runs, metric)
-    if metric not in {k for r in runs for k in r.final}:
+    results = [r for r in runs if r.status != "failed"]
+    if not tables.usable:
+        notes.append("no run with results (every run failed or has no config); the tables "
+                     "and figures are empty.")
+    elif metric not in {k for r in tables.usable for k in r.final}:
         notes.append(f"no run has the metric {metric!r}; the tables are empty (see the CSV "
                      "for the metric names).")
     written = {"csv": out / "results.csv", "markdown": out / "results.md", "figures": []}
     try:
-        write_csv(runs, written["csv"])
+        write_csv(results, written["csv"])
         write_markdown(tables, metric, roots, written["markdown"], notes)
         if figures:
             written["figures"] = write_figures(tables, metric, out)

@@ -1,17 +1,20 @@
 """``otpe-report`` on a real small sweep (CSV, table, figures) and on the awkward cases: failed
-runs, runs in progress, mixed sweeps, bad arguments."""
+runs, runs in progress or interrupted, mixed sweeps, bad arguments."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from conftest import run_cli
-from otpe_cli.report import FIGURES, main, make_report
+from otpe_cli.report import CHOICES, FIGURES, main, make_report
 
 TINY_SWEEP = ["debug=quick", "trainer.iterations=2", "trainer.eval_every=1",
               "trainer.align_every=2", "dataset.num_steps=10", "model.width=8",
@@ -77,17 +80,68 @@ def test_report_on_a_real_sweep_writes_csv_table_and_figures(sweep, tmp_path):
         assert data.startswith(PNG) and len(data) > 5000, name
 
 
-def _fake_run(path: Path, status="finished", acc=0.5, **config) -> None:
+BASE_CONFIG = {"dataset": "randman", "encoding": "rate", "algorithm": "otpe", "depth": 3,
+               "width": 128, "optimizer": "adamax", "lr": 0.001, "batch_size": 128,
+               "update": "offline", "seed": 0, "iterations": 10, "bias_trace": False}
+
+
+def _fake_run(path: Path, status="finished", acc=0.5, rows=(),
+              error="non-finite loss or gradient at iteration 3", **config) -> None:
+    """A run directory as otpe-train leaves it: summary.json ("finished", "failed" with an
+    error, or "interrupted": the finished keys at the last checkpoint) and, given ``rows``,
+    metrics.jsonl."""
     path.mkdir(parents=True)
-    base = {"dataset": "randman", "encoding": "rate", "algorithm": "otpe", "depth": 3,
-            "width": 128, "optimizer": "adamax", "lr": 0.001, "batch_size": 128,
-            "update": "offline", "seed": 0, "iterations": 10, "bias_trace": False}
-    summary = {"status": status, "config": {**base, **config}}
-    if status == "finished":
-        summary.update({"test/acc": acc, "iter": 10, "align_mean/cos/global": 0.9})
+    summary = {"status": status, "config": {**BASE_CONFIG, **config}}
+    if status == "failed":
+        summary["error"] = error
     else:
-        summary["error"] = "non-finite loss or gradient at iteration 3"
+        summary.update({"test/acc": acc, "iter": rows[-1]["iter"] if rows else 10,
+                        "align_mean/cos/global": 0.9})
     (path / "summary.json").write_text(json.dumps(summary))
+    if rows:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _fake_in_progress(path: Path, rows, **config) -> None:
+    """A run still training: metrics.jsonl and .hydra/config.yaml (JSON is YAML), no summary."""
+    (path / ".hydra").mkdir(parents=True)
+    cfg: dict = {}
+    for key, dotted in CHOICES.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = {**BASE_CONFIG, **config}[key]
+    (path / ".hydra" / "config.yaml").write_text(json.dumps(cfg))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _curve_rows(last: int, acc: float = 0.5) -> list[dict]:
+    return [{"iter": i, "test/acc": acc * i / last, "train/loss": 1.0 / i,
+             "align/cos/layers.0.weight": 0.8, "align/cos/layers.1.weight": 0.7}
+            for i in range(1, last + 1)]
+
+
+#: runs refused at validation (otpe-train's cli writes these), one with the unresolved Adamax lr
+REFUSED = {
+    "bad_depth": ({"depth": 0}, "model.depth=0 must be at least 1."),
+    "bad_width": ({"width": -5}, "model.width=-5 must be at least 1."),
+    "bad_lr": ({"lr": -0.001}, "optimizer.lr=-0.001 must be positive."),
+    "bad_update": ({"update": "onlin", "lr": "${dataset.adamax_lr.${trainer.update}}"},
+                   "trainer.update='onlin' is not one of: offline, online."),
+}
+
+
+def _refused_runs(root: Path) -> None:
+    for name, (config, error) in REFUSED.items():
+        _fake_run(root / name, status="failed", error=error, **config)
+
+
+def _report(dirs, out, **kwargs) -> tuple[dict, str]:
+    """make_report with its console output captured."""
+    console = Console(file=io.StringIO(), width=200)
+    written = make_report(dirs, out, console=console, **kwargs)
+    return written, console.file.getvalue()
 
 
 def test_means_and_std_are_exact(tmp_path):
@@ -130,15 +184,131 @@ def test_failed_in_progress_and_mixed_runs_are_noted_not_fatal(sweep, tmp_path):
     by_run = {Path(r["run"]).name: r for r in read_csv(written["csv"])}
     assert by_run["5_otpe_d2_s1"]["status"] == "in progress"
     assert by_run["5_otpe_d2_s1"]["test/acc"]  # its latest value
-    assert by_run["extra_failed"]["status"] == "failed"
-    assert "non-finite" in by_run["extra_failed"]["error"]
+    assert "extra_failed" not in by_run  # no results: only in the notes
     notes = "\n".join(written["notes"])
     assert "1 failed run(s)" in notes and "extra_failed" in notes
+    assert f"{root / 'extra_failed'}: non-finite loss" in notes
     assert "in progress" in notes and "5_otpe_d2_s1" in notes
     assert "differ in lr" in notes
     md = written["markdown"].read_text()
     assert "otpe [lr=0.01]" in md and "otpe [lr=0.001]" in md and "## Notes" in md
     assert all(p.read_bytes().startswith(PNG) for p in written["figures"])
+
+
+def test_failed_runs_stay_out_of_tables_csv_and_figures(tmp_path):
+    """Runs refused at validation (depth 0, width -5, a negative lr, a misspelt update with the
+    unresolved lr string) add no columns, rows, CSV lines or curves; the notes list each one
+    with its error, in results.md and on the console."""
+    root = tmp_path / "runs"
+    for algorithm in ("ottt", "otpe"):
+        for seed, acc in enumerate((0.8, 1.0)):
+            _fake_run(root / f"{algorithm}_s{seed}", acc=acc, rows=_curve_rows(4, acc),
+                      algorithm=algorithm, seed=seed)
+    clean, _ = _report([root], tmp_path / "clean")
+    _refused_runs(root)
+    written, printed = _report([root], tmp_path / "out")
+
+    md = written["markdown"].read_text()
+    tables = md[:md.index("## Notes")]
+    assert "| algorithm | depth 3 |" in tables and "depth 0" not in tables
+    assert "| ottt | 90.0 ± 14.1 (2) |" in tables and "| otpe | 90.0 ± 14.1 (2) |" in tables
+    printed_tables = printed[:printed.index("note:")]
+    assert "randman: test/acc in %" in printed_tables
+    for text in ("depth 0", "width=", "lr=", "update=", "onlin", "${"):
+        assert text not in tables and text not in printed_tables, text
+    assert "differ in" not in md  # the refused settings split no rows
+    rows = read_csv(written["csv"])
+    assert sorted(Path(r["run"]).name for r in rows) == ["otpe_s0", "otpe_s1", "ottt_s0",
+                                                         "ottt_s1"]
+    assert {r["status"] for r in rows} == {"finished"}
+    # counted, and listed with the error sentence, in the notes of results.md and the console
+    assert "8 runs (4 failed, 4 finished)" in md
+    notes = md[md.index("## Notes"):]
+    assert "4 failed run(s)" in notes and "4 failed run(s)" in printed
+    for name, (_, error) in REFUSED.items():
+        assert f"{root / name}: {error}" in notes
+        assert f"{root / name}: {error}" in printed
+    # the figures are those of the finished runs alone
+    assert [p.name for p in written["figures"]] == list(FIGURES)
+    for ours, theirs in zip(written["figures"], clean["figures"]):
+        assert ours.read_bytes() == theirs.read_bytes(), ours.name
+
+
+def test_only_failed_runs_give_notes_and_no_tables(tmp_path):
+    _refused_runs(tmp_path / "runs")
+    written, printed = _report([tmp_path / "runs"], tmp_path / "out")
+    assert read_csv(written["csv"]) == [] and written["figures"] == []
+    md = written["markdown"].read_text()
+    assert "4 runs (4 failed)" in md and "| algorithm |" not in md
+    assert "trainer.update='onlin' is not one of: offline, online." in md
+    assert "no run with results" in printed
+
+
+def test_interrupted_summary_is_reported_as_interrupted(tmp_path):
+    """A run stopped by a signal writes summary.json with "status": "interrupted" (its values
+    at the last checkpoint): listed as interrupted and resumable, in the CSV and the curves,
+    not in the means, and neither "in progress" nor finished."""
+    root = tmp_path / "runs"
+    for seed, acc in enumerate((0.8, 1.0)):
+        _fake_run(root / f"s{seed}", acc=acc, rows=_curve_rows(10, acc), seed=seed)
+    without, _ = _report([root], tmp_path / "without")
+    _fake_run(root / "stopped", status="interrupted", acc=0.2, rows=_curve_rows(4, 0.2), seed=2)
+    written, printed = _report([root], tmp_path / "out")
+
+    by_run = {Path(r["run"]).name: r for r in read_csv(written["csv"])}
+    assert by_run["stopped"]["status"] == "interrupted"
+    assert by_run["stopped"]["iter"] == "4" and float(by_run["stopped"]["test/acc"]) == 0.2
+    md = written["markdown"].read_text()
+    assert "3 runs (2 finished, 1 interrupted)" in md
+    assert "| otpe | 90.0 ± 14.1 (2) |" in md  # the means: finished runs only
+    notes = "\n".join(written["notes"])
+    assert "1 interrupted run(s)" in notes and "resumable" in notes
+    assert f"{root / 'stopped'}: iteration 4 of 10" in notes
+    assert "in progress" not in notes and "finished without" not in notes
+    assert "1 interrupted run(s)" in printed and "1 interrupted run(s)" in md
+    # its curve is drawn, as a run in progress's is
+    curves = dict(zip(FIGURES, written["figures"]))["test_acc_vs_iter.png"]
+    assert curves.read_bytes() != (tmp_path / "without" / curves.name).read_bytes()
+
+
+def test_a_mix_of_runs_plots_without_warnings(tmp_path):
+    """Finished, failed (depth 0 among them), interrupted and in-progress runs together: no
+    UserWarning (no legend without labelled curves, no layout that gives up)."""
+    root = tmp_path / "runs"
+    for depth in (2, 3):
+        for algorithm in ("bptt", "otpe"):
+            _fake_run(root / f"{algorithm}_d{depth}", rows=_curve_rows(4), algorithm=algorithm,
+                      depth=depth)
+    _refused_runs(root)
+    _fake_run(root / "stopped", status="interrupted", rows=_curve_rows(2), depth=3, seed=1)
+    _fake_in_progress(root / "running", _curve_rows(3), depth=2, seed=1)
+    _fake_run(root / "only_summary", depth=4)  # a panel with no curve at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written, printed = _report([root], tmp_path / "out")
+    assert len(written["figures"]) == 3
+    assert "depth 0" not in printed and "| algorithm | depth 2 | depth 3 | depth 4 |" in \
+        written["markdown"].read_text()
+    statuses = {Path(r["run"]).name: r["status"] for r in read_csv(written["csv"])}
+    assert statuses["running"] == "in progress" and statuses["stopped"] == "interrupted"
+
+
+def test_many_rows_and_dollar_signs_plot_without_warnings(tmp_path):
+    """Rows split by several settings give long labels: the figures make room for them (one
+    legend below the panels); a "$" in a label is shown, not parsed as mathematics."""
+    root = tmp_path / "runs"
+    i = 0
+    for algorithm in ("bptt", "ottt", "otpe", "f_approx_otpe"):
+        for lr in (0.001, 0.0001, "${dataset.adamax_lr.${trainer.update}}"):
+            for width in (64, 128):
+                i += 1
+                _fake_run(root / f"r{i}", rows=_curve_rows(3), algorithm=algorithm, lr=lr,
+                          width=width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written, _ = _report([root], tmp_path / "out")
+    assert all(p.read_bytes().startswith(PNG) for p in written["figures"])
+    assert "differ in width, lr" in "\n".join(written["notes"])
 
 
 def test_runs_still_in_progress_alone_still_give_a_report(sweep, tmp_path):
