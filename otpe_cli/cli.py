@@ -236,9 +236,19 @@ def _guard_console_streams() -> None:
         setattr(sys, name, _PipeSafe(stream))
 
 
+def _launcher_problem(argv: list[str]) -> str | None:
+    """submitit's SLURM launcher fails with a traceback (and an empty sweep directory) where
+    SLURM is absent; say so first."""
+    if "hydra/launcher=slurm" in argv and shutil.which("srun") is None:
+        return ("hydra/launcher=slurm needs SLURM, and 'srun' is not on PATH here: launch the "
+                "sweep from a node of the cluster, or run it on this machine with "
+                "hydra/launcher=local_parallel or the basic launcher.")
+    return None
+
+
 def main() -> None:
     _guard_console_streams()
-    problem = _run_dir_problem(sys.argv[1:])
+    problem = _run_dir_problem(sys.argv[1:]) or _launcher_problem(sys.argv[1:])
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,16 @@ def test_launcher_configs():
     basic = compose_with_hydra([]).hydra.launcher
     assert _threads_per_job(basic) is None
     assert OmegaConf.to_container(slurm, resolve=False)  # a plain, complete node
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")
+def test_slurm_launcher_without_slurm_is_one_sentence_and_no_sweep_dir(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"],
+              cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "otpe-train: error: hydra/launcher=slurm needs SLURM, and 'srun' is not on PATH here: "
+        "launch the sweep from a node of the cluster, or run it on this machine with "
+        "hydra/launcher=local_parallel or the basic launcher."]
+    assert not sweep.exists()
