@@ -49,6 +49,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` now (Linux MemAvailable on the CPU), or None
+    where that cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def build_optimizer(cfg, params):
     if cfg.name == "adamax":
         return torch.optim.Adamax(params, lr=cfg.lr, betas=tuple(cfg.betas),
@@ -130,6 +145,7 @@ class Trainer:
         a = cfg.algorithm
         self.algorithm = build_algorithm(a.name, a.readout, a.bias_trace)
         self.reference = self.algorithm.reference()
+        self._check_memory(sizes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.batch_gen = torch.Generator().manual_seed(t.seed + 1)
@@ -231,6 +247,24 @@ class Trainer:
         if count:
             self.skipped += 1
         return False
+
+    def _check_memory(self, sizes: list[int]) -> None:
+        """Refuse, before any work, a batch whose traces (or BPTT graph) cannot fit in the
+        memory free now: such a run would otherwise swap or be killed, a long way in."""
+        t = self.cfg.trainer
+        need = self.algorithm.memory_floor(sizes, t.batch_size, self.data.num_steps,
+                                           self.dtype.itemsize, t.align_every > 0)
+        free = available_memory(self.device)
+        if free is not None and need > free:
+            what = "BPTT's graph" if self.algorithm.is_bptt else "its traces" + \
+                (" and BPTT's graph for alignment" if t.align_every > 0 else "")
+            raise ValueError(
+                f"trainer.batch_size={t.batch_size} needs at least {need / 2**30:.1f} GiB for "
+                f"algorithm={self.algorithm.name} ({what}, T={self.data.num_steps}, "
+                f"layers {'-'.join(map(str, sizes))}), but only {free / 2**30:.1f} GiB of "
+                f"{self.device.type} memory is free: lower trainer.batch_size"
+                + (" or set trainer.align_every=0." if t.align_every > 0 and
+                   not self.algorithm.is_bptt else "."))
 
     def _apply(self, grads) -> None:
         for p, g in zip(self.model.parameters(), grads):

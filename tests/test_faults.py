@@ -568,3 +568,24 @@ def test_a_console_reader_that_goes_away_loses_no_run(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iter"] == 30
     assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_a_batch_that_cannot_fit_in_free_memory_is_refused_before_any_work(make_cfg, tmp_path,
+                                                                           monkeypatch):
+    from otpe_cli import trainer as trainer_module
+
+    cfg = make_cfg([*VICTIM, "trainer.batch_size=64"])
+    # OTPE keeps ε and R̃ (2 traces) in layers 1..2, OSTL ε (1) at the output; alignment adds
+    # BPTT's membrane and spike per unit and step; T = 10, 50 inputs, width 16, 10 classes
+    sizes, batch, steps = [50, 16, 16, 10], 64, 10
+    traces = 2 * (16 * 50 + 16 * 16) + 1 * (10 * 16)
+    floor = 4 * (steps * batch * 50 + batch * traces + 2 * steps * batch * (16 + 16 + 10))
+    from otpe_cli import build_algorithm
+    assert build_algorithm("otpe").memory_floor(sizes, batch, steps, 4, True) == floor
+    monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor - 1)
+    refused(cfg, tmp_path / "run", "trainer.batch_size=64 needs at least",
+            "algorithm=otpe (its traces and BPTT's graph for alignment, T=10, layers 50-16-16-10)",
+            "lower trainer.batch_size or set trainer.align_every=0.")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor)
+    trainer_module.Trainer(cfg, tmp_path / "run")  # just fits: accepted

@@ -11,8 +11,8 @@ import torch
 
 
 class LayerRule:
-    #: per-sample state holds an N_out × N_in trace (drives the memory model of SPEC §2)
-    full_traces = False
+    #: per-sample N_out × N_in traces the rule keeps (the memory model of SPEC §2)
+    full_traces = 0
 
     def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False):
         w = layer.weight

@@ -12,7 +12,7 @@ from .base import LayerRule, contract_batch
 
 
 class OSTL(LayerRule):
-    full_traces = True
+    full_traces = 1  # ε
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

@@ -15,6 +15,7 @@ _RENORMALISE_BELOW = 1e-20  # 1/scale stays far from float32's 3e38 over any seq
 
 
 class OTPE(OSTL):
+    full_traces = 2  # ε and R̃
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.post_synaptic_trace = self._zeros(self.n_out, self.batch, self.n_in)  # R̃ = R̂/scale
