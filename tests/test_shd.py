@@ -279,6 +279,7 @@ def test_offline_without_files_fails_fast_and_clearly(tmp_path, no_network):
         assert part in msg, part
     assert no_network and all(t == 15.0 for t in no_network)  # attempted, under the timeout
     assert socket.getdefaulttimeout() == default_timeout  # restored afterwards
+    assert list(tmp_path.iterdir()) == []  # the folders made for the download are gone again
 
 
 def test_download_off_never_touches_the_network(tmp_path, no_network):

@@ -118,6 +118,15 @@ def _not_found(source: Source, folder: Path, missing, reason: str) -> str:
             f"variable) to a folder that holds {cls}/.")
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty; anything with a file stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def locate(source: Source, root: Path, download: bool = True,
            timeout: float = 15.0) -> dict[str, Path]:
     """Paths of every split's ``.h5`` file, downloading them through tonic when absent."""
@@ -130,6 +139,7 @@ def locate(source: Source, root: Path, download: bool = True,
     if missing:
         log.info("%s: %s missing in %s; downloading through tonic (timeout %g s per "
                  "connection)", source.folder, ", ".join(p.name for p in missing), folder, timeout)
+    absent = [d for d in (folder, *folder.parents) if not d.exists()]  # tonic may create them
     cls = None
     for split, path in paths.items():
         existed = path.is_file()
@@ -146,6 +156,7 @@ def locate(source: Source, root: Path, download: bool = True,
             if existed:
                 raise DataError(f"{path}: tonic could not read it ({type(exc).__name__}: "
                                 f"{exc}).") from None
+            _remove_empty(absent)  # a failed download leaves no empty folders behind
             raise DataError(_not_found(source, folder, missing,
                                        f"downloading them failed ({type(exc).__name__}: {exc})")
                             ) from None
