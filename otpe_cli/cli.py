@@ -1,15 +1,18 @@
 """``otpe-train``: turn a Hydra config into a Trainer and run it. Thin on purpose."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
@@ -20,8 +23,36 @@ from .logs import SUMMARY_NAME, write_json_atomic
 log = logging.getLogger("otpe-train")
 
 
-class RunFailed(RuntimeError):
-    """One run of a sweep failed; its directory records why and the other runs go on."""
+class FailedJobs(Callback):
+    """After a sweep (``-m``), name the jobs that failed in it and exit 1.
+
+    A failing job records ``status: failed`` and its reason in its own summary.json, prints
+    one ``otpe-train: error:`` line and returns, so that the other jobs run on; Hydra would
+    otherwise end the sweep with a traceback of the job's exception. The jobs are found by
+    their summary.json, written since the sweep started, so any launcher (workers, SLURM)
+    is covered."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failed = []
+        for path in sorted(sweep_dir.glob(f"*/{SUMMARY_NAME}")):
+            try:
+                if path.stat().st_mtime < getattr(self, "started", 0.0):
+                    continue  # an earlier sweep's job, not run again this time
+                summary = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(summary, dict) and summary.get("status") == "failed":
+                failed.append(f"  {path.parent}: {summary.get('error', 'no reason recorded')}")
+        if failed:
+            print(f"otpe-train: error: {len(failed)} job(s) of the sweep in {sweep_dir} failed "
+                  "(each one's summary.json says why); the others kept their results:",
+                  file=sys.stderr)
+            print("\n".join(failed), file=sys.stderr)
+            raise SystemExit(1)
 
 
 #: errors that are the user's input or the run's numerics: one sentence, no traceback
@@ -160,8 +191,9 @@ def _hydra_main(cfg):
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)
         _record_failure(run_dir, cfg, message)
-        if multirun:
-            raise RunFailed(f"{run_dir}: {message}") from None
+        if multirun:  # the other jobs go on; FailedJobs names this one when the sweep ends
+            print(f"otpe-train: error: {run_dir}: {message}", file=sys.stderr)
+            return None
         print(f"otpe-train: error: {message}", file=sys.stderr)
         raise SystemExit(2)
     finally:

@@ -31,7 +31,10 @@ def summary(job_dir: Path) -> dict:
 
 
 def assert_one_failed_one_kept(res, sweep: Path) -> None:
-    assert res.returncode != 0  # the sweep reports the failure ...
+    assert res.returncode == 1  # the sweep reports the failure, once, at its end ...
+    assert "Traceback" not in res.stderr
+    assert ("otpe-train: error: 1 job(s) of the sweep in " f"{sweep} failed") in res.stderr
+    assert f"  {sweep / '0_bptt_d3_s0'}: trainer.update=online is not defined" in res.stderr
     failed, good = sweep / "0_bptt_d3_s0", sweep / "1_otpe_d3_s0"
     bad = summary(failed)
     assert bad["status"] == "failed"
@@ -67,6 +70,21 @@ def test_submitit_local_sweep(tmp_path, cli):
     for job in ("0_ottt_d2_s0", "1_otpe_d2_s0"):
         assert summary(sweep / job)["status"] == "finished"
     assert list((sweep / ".submitit").glob("*/*_log.out"))  # submitit's own logs
+
+
+def test_submitit_local_sweep_names_its_failed_job(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, "hydra/launcher=submitit_local",
+               f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert_one_failed_one_kept(res, sweep)
+
+
+def test_a_failed_job_of_an_earlier_sweep_is_not_named_again(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    cli(["-m", *TINY_SWEEP, *FAILING_PAIR, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    res = cli(["-m", *TINY_SWEEP, "trainer.update=online", "algorithm=otpe",
+               f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # only the good job, again
+    assert res.returncode == 0 and "otpe-train: error" not in res.stderr, res.stderr[-3000:]
 
 
 def _submitit_task_pid(sweep: Path) -> int | None:
