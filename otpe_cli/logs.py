@@ -59,7 +59,8 @@ class MetricsFile:
 
 
 class ConsoleProgress:
-    """Progress on the console: a rich bar in a terminal, plain lines otherwise."""
+    """Progress on the console: a rich bar in a terminal, plain lines otherwise, on stderr;
+    the final table, the run's result, on stdout (``otpe-train > result.txt`` keeps it)."""
 
     def __init__(self, total: int, start: int, mode: str, title: str):
         self.console = Console(stderr=True)
@@ -97,10 +98,10 @@ class ConsoleProgress:
             return
         table = Table(title=title)
         table.add_column("metric")
-        table.add_column("value", justify="right")
+        table.add_column("value", justify="right", overflow="fold")  # a long path: whole
         for k, v in metrics.items():
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-        self.console.print(table)
+        Console().print(table)  # stdout
 
 
 def status_line(row: dict) -> str:

@@ -139,3 +139,15 @@ def test_training_on_cuda_runs_and_resumes(make_cfg, tmp_path, update):
     more = run(make_cfg(over + ["trainer.iterations=6"]), tmp_path)
     assert more["iter"] == 6 and math.isfinite(more["train/loss"])
     assert math.isfinite(more["align/cos/global"])
+
+def test_cli_progress_goes_to_stderr_and_the_final_table_to_stdout(tmp_path):
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    res = run_cli(["debug=quick", "trainer.progress=lines", f"hydra.run.dir={run_dir}"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.splitlines()[0] == f"run directory: {run_dir}"
+    assert "[otpe] iter 5/5" in res.stderr and "final metrics" not in res.stderr
+    assert "final metrics" in res.stdout and "test/acc" in res.stdout
+    assert "run directory" in res.stdout and "iter 5/5" not in res.stdout
