@@ -268,6 +268,22 @@ def _guard_console_streams() -> None:
         setattr(sys, name, _PipeSafe(stream))
 
 
+def _unknown_key_problem(argv: list[str]) -> str | None:
+    """A misspelt ``section.key=value`` gets a sentence with the nearest key; Hydra would answer
+    with several lines and a hint to add the key with ``+`` (which validation then refuses)."""
+    from .config import SECTIONS, section_keys, unknown_key_message
+
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        parts = arg.partition("=")[0].split(".")
+        if len(parts) >= 2 and parts[0] in SECTIONS:
+            known = section_keys(parts[0])
+            if parts[1] not in known:
+                return unknown_key_message(f"{parts[0]}.{parts[1]}", known)
+    return None
+
+
 def _launcher_problem(argv: list[str]) -> str | None:
     """submitit's SLURM launcher fails with a traceback (and an empty sweep directory) where
     SLURM is absent; say so first."""
@@ -280,7 +296,8 @@ def _launcher_problem(argv: list[str]) -> str | None:
 
 def main() -> None:
     _guard_console_streams()
-    problem = _run_dir_problem(sys.argv[1:]) or _launcher_problem(sys.argv[1:])
+    argv = sys.argv[1:]
+    problem = _unknown_key_problem(argv) or _run_dir_problem(argv) or _launcher_problem(argv)
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)

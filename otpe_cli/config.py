@@ -148,21 +148,45 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
 
 
-def _no_added_keys(cfg) -> None:
-    """``+group.key=value`` gets past Hydra's struct mode: refuse keys no schema knows."""
+#: the schema of every config section (``dataset``: one per family of data sets)
+SECTIONS = {"model": (ModelConfig,), "algorithm": (AlgorithmConfig,),
+            "optimizer": (OptimizerConfig,), "logger": (LoggerConfig,),
+            "trainer": (TrainerConfig,), "encoding": (EncodingConfig,),
+            "dataset": (RandmanConfig, SHDConfig)}
+
+
+def section_keys(section: str, dataset: str | None = None) -> set[str]:
+    """The keys a section's schema knows (``dataset``: of that data set, else of any)."""
     from dataclasses import fields
 
-    sections = {"model": ModelConfig, "algorithm": AlgorithmConfig,
-                "optimizer": OptimizerConfig, "logger": LoggerConfig,
-                "trainer": TrainerConfig, "encoding": EncodingConfig,
-                "dataset": RandmanConfig if cfg.dataset.name in ("randman", "trandman")
-                else SHDConfig}
-    extra = [f"{name}.{key}" for name, schema in sections.items()
-             for key in set(cfg[name].keys()) - {f.name for f in fields(schema)}]
-    extra += [key for key in cfg.keys() if key not in sections and key != "hydra"]
+    schemas = SECTIONS[section]
+    if section == "dataset" and dataset is not None:
+        schemas = (RandmanConfig,) if dataset in ("randman", "trandman") else (SHDConfig,)
+    return {f.name for schema in schemas for f in fields(schema)}
+
+
+def unknown_key_message(key: str, known: set[str]) -> str:
+    """``unknown config key K``, with the closest known key when one is near."""
+    import difflib
+
+    section, _, name = key.partition(".")
+    near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {section}.{near[0]}? " if near else ""
+    return (f"unknown config key {key}: no schema has it ({hint}otpe-train --help lists every "
+            "key).")
+
+
+def _no_added_keys(cfg) -> None:
+    """``+group.key=value`` gets past Hydra's struct mode: refuse keys no schema knows."""
+    for name in SECTIONS:
+        known = section_keys(name, cfg.dataset.name)
+        extra = sorted(set(cfg[name].keys()) - known)
+        if extra:
+            raise ConfigError(unknown_key_message(f"{name}.{extra[0]}", known))
+    extra = sorted(key for key in cfg.keys() if key not in SECTIONS and key != "hydra")
     if extra:
-        raise ConfigError(f"unknown config key {sorted(extra)[0]}: no schema has it "
-                          "(was it added with '+'? see otpe-train --help for the keys).")
+        raise ConfigError(f"unknown config key {extra[0]}: no schema has it (was it added "
+                          "with '+'? otpe-train --help lists every key).")
 
 
 def validate(cfg) -> None:

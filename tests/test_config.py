@@ -115,6 +115,21 @@ def test_cli_bad_input_exits_non_zero_naming_the_key(cli, tmp_path, args, key):
     assert "Traceback" not in res.stderr + res.stdout
 
 
+@pytest.mark.parametrize("args, line", [
+    (["model.dept=3"], "unknown config key model.dept: no schema has it (did you mean "
+                       "model.depth? otpe-train --help lists every key)."),
+    (["-m", "trainer.iteratons=5,6"], "unknown config key trainer.iteratons: no schema has it "
+                                      "(did you mean trainer.iterations? otpe-train --help "
+                                      "lists every key)."),
+    (["model.zzz=1"], "unknown config key model.zzz: no schema has it (otpe-train --help lists "
+                      "every key).")])
+def test_cli_misspelt_key_is_one_sentence_with_the_nearest_key(cli, tmp_path, args, line):
+    res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"otpe-train: error: {line}"]
+    assert not (tmp_path / "run").exists()  # refused before Hydra made anything
+
+
 def test_cli_help_lists_groups_under_the_tool_name(cli, tmp_path):
     res = cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
