@@ -109,9 +109,18 @@ def read_offline_run(run_file: Path) -> dict:
     return out
 
 
-def offline_runs(run_dir: Path) -> list[dict]:
-    files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    return [read_offline_run(f) for f in files]
+def offline_runs(run_dir: Path, timeout: float = 30.0) -> list[dict]:
+    """Every offline run in the run directory, once W&B's service has written each one out:
+    ``finish()`` can return before the service has flushed the file (seen under load), so a
+    file without its run and exit records yet is read again until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        runs = [read_offline_run(f) for f in files]
+        if all("id" in r and r["exit_code"] is not None for r in runs) or \
+                time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------ tests
