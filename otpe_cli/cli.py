@@ -49,7 +49,7 @@ class FailedJobs(Callback):
                 failed.append(f"  {path.parent}: {summary.get('error', 'no reason recorded')}")
         if failed:
             print(f"otpe-train: error: {len(failed)} job(s) of the sweep in {sweep_dir} failed "
-                  "(each one's summary.json says why); the others kept their results:",
+                  "(each one's summary.json says why; any other job kept its results):",
                   file=sys.stderr)
             print("\n".join(failed), file=sys.stderr)
             raise SystemExit(1)
@@ -185,8 +185,12 @@ def _hydra_main(cfg):
                         "submitit requeues the job, which resumes from it",
                         signal.Signals(handover.signum).name, run_dir)
             handover.requeue()
-        log.warning("%s: checkpoint saved in %s; run the same command with hydra.run.dir=%s "
-                    "to resume", exc, run_dir, run_dir)
+        if multirun:
+            log.warning("%s: checkpoint saved in %s; run the same sweep command with "
+                        "hydra.sweep.dir=%s to resume", exc, run_dir, hc.sweep.dir)
+        else:
+            log.warning("%s: checkpoint saved in %s; run the same command with "
+                        "hydra.run.dir=%s to resume", exc, run_dir, run_dir)
         raise SystemExit(128 + exc.signum)
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)
@@ -277,6 +281,8 @@ def _unknown_key_problem(argv: list[str]) -> str | None:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
             continue
         parts = arg.partition("=")[0].split(".")
+        if len(parts) >= 2 and parts[0] not in SECTIONS and parts[0] != "hydra":
+            return unknown_key_message(parts[0], set(SECTIONS), kind="section")
         if len(parts) >= 2 and parts[0] in SECTIONS:
             known = section_keys(parts[0])
             if parts[1] not in known:

@@ -165,15 +165,15 @@ def section_keys(section: str, dataset: str | None = None) -> set[str]:
     return {f.name for schema in schemas for f in fields(schema)}
 
 
-def unknown_key_message(key: str, known: set[str]) -> str:
-    """``unknown config key K``, with the closest known key when one is near."""
+def unknown_key_message(key: str, known: set[str], kind: str = "key") -> str:
+    """``unknown config key K`` (or ``section``), with the closest known one when one is near."""
     import difflib
 
-    section, _, name = key.partition(".")
+    section, _, name = key.rpartition(".")
     near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    hint = f"did you mean {section}.{near[0]}? " if near else ""
-    return (f"unknown config key {key}: no schema has it ({hint}otpe-train --help lists every "
-            "key).")
+    hint = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
+    return (f"unknown config {kind} {key}: no schema has it ({hint}otpe-train --help lists "
+            "every key).")
 
 
 def _no_added_keys(cfg) -> None:

@@ -93,15 +93,18 @@ class ConsoleProgress:
             self.progress.stop()
             self.progress = None
 
-    def table(self, title: str, metrics: dict) -> None:
+    def table(self, title: str, metrics: dict, run_dir: Path) -> None:
+        """The final metrics, then the run directory on a line of its own (whole, to copy)."""
         if self.mode == "none":
             return
         table = Table(title=title)
         table.add_column("metric")
-        table.add_column("value", justify="right", overflow="fold")  # a long path: whole
+        table.add_column("value", justify="right")
         for k, v in metrics.items():
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-        Console().print(table)  # stdout
+        out = Console()  # stdout
+        out.print(table)
+        out.print(f"run directory: {run_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
 def status_line(row: dict) -> str:
@@ -157,7 +160,7 @@ class RunLogger:
         if self.wandb:
             self.wandb.finish(summary, failed)
             self.wandb = None
-        self.console.table("final metrics", final_table)
+        self.console.table("final metrics", final_table, self.run_dir)
 
     def abort(self, preempted: bool = False) -> None:
         """The run stopped early: failed, or (``preempted``) stopped by a signal after its

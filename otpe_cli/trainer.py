@@ -262,9 +262,8 @@ class Trainer:
                 f"trainer.batch_size={t.batch_size} needs at least {need / 2**30:.1f} GiB for "
                 f"algorithm={self.algorithm.name} ({what}, T={self.data.num_steps}, "
                 f"layers {'-'.join(map(str, sizes))}), but only {free / 2**30:.1f} GiB of "
-                f"{self.device.type} memory is free: lower trainer.batch_size"
-                + (" or set trainer.align_every=0." if t.align_every > 0 and
-                   not self.algorithm.is_bptt else "."))
+                f"{self.device.type} memory is free: lower trainer.batch_size (that bound is a "
+                "floor; a run needs more).")
 
     def _apply(self, grads) -> None:
         for p, g in zip(self.model.parameters(), grads):
@@ -455,6 +454,5 @@ class Trainer:
                                          "best/test_acc_at_best_val", "align/cos/global",
                                          "align_mean/cos/global", "wall_time_s")
                  if k in summary}
-        table["run directory"] = str(self.run_dir)
         self.logger.finish(summary, table)
         return summary

@@ -585,7 +585,7 @@ def test_a_batch_that_cannot_fit_in_free_memory_is_refused_before_any_work(make_
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor - 1)
     refused(cfg, tmp_path / "run", "trainer.batch_size=64 needs at least",
             "algorithm=otpe (its traces and BPTT's graph for alignment, T=10, layers 50-16-16-10)",
-            "lower trainer.batch_size or set trainer.align_every=0.")
+            "lower trainer.batch_size (that bound is a floor; a run needs more).")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor)
     trainer_module.Trainer(cfg, tmp_path / "run")  # just fits: accepted

@@ -222,3 +222,26 @@ def test_slurm_launcher_without_slurm_is_one_sentence_and_no_sweep_dir(tmp_path,
         "launch the sweep from a node of the cluster, or run it on this machine with "
         "hydra/launcher=local_parallel or the basic launcher."]
     assert not sweep.exists()
+
+
+def test_a_stopped_sweep_says_how_to_resume_it(tmp_path):
+    """Ctrl-C in a sweep: the job checkpoints, and the hint names the sweep, not the job."""
+    sweep = tmp_path / "sweep"
+    exe = Path(sys.executable).with_name("otpe-train")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [str(exe) if exe.exists() else "otpe-train", "-m", *TINY_SWEEP, "trainer.iterations=400",
+         "trainer.log_every=1", "model.depth=2,3", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = sweep / "0_otpe_d2_s0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert (f"run the same sweep command with hydra.sweep.dir={sweep} to resume") in err
+    assert summary(sweep / "0_otpe_d2_s0")["status"] == "interrupted"
+    assert not (sweep / "1_otpe_d3_s0").exists()  # the sweep stopped with its job
