@@ -56,6 +56,11 @@ FIGURES = ("test_acc_vs_iter.png", "final_acc_vs_depth.png", "alignment_per_laye
 PARTIAL = ("in progress", "interrupted")
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class ReportError(Exception):
     """A problem with the inputs or the output folder, said in one sentence."""
 
@@ -366,7 +371,7 @@ def write_markdown(tables: Tables, metric: str, roots: list, path: Path, notes: 
         counts[r.status] += 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines = ["# Results", "",
-             f"{len(tables.runs)} runs ({summary}) from: " + ", ".join(f"`{p}`" for p in roots),
+             f"{_count(len(tables.runs), 'run')} ({summary}) from: " + ", ".join(f"`{p}`" for p in roots),
              "", "Cells: mean ± sample standard deviation over seeds, (number of runs).", ""]
     current = None
     for dataset, title, header, rows in _sections(tables, metric):
@@ -669,7 +674,7 @@ def main(argv=None) -> None:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         raise SystemExit(1)
     paths = [written["csv"], written["markdown"], *written["figures"]]
-    console.print(f"{len(written['runs'])} runs; wrote " + ", ".join(str(p) for p in paths),
+    console.print(f"{_count(len(written['runs']), 'run')}; wrote " + ", ".join(str(p) for p in paths),
                   markup=False, highlight=False, soft_wrap=True)
 
 
