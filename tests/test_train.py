@@ -151,3 +151,13 @@ def test_cli_progress_goes_to_stderr_and_the_final_table_to_stdout(tmp_path):
     assert "[otpe] iter 5/5" in res.stderr and "final metrics" not in res.stderr
     assert "final metrics" in res.stdout and "test/acc" in res.stdout
     assert "run directory" in res.stdout and "iter 5/5" not in res.stdout
+
+
+def test_final_table_shows_a_value_that_was_not_finite_as_such(capsys, tmp_path):
+    from otpe_cli.logs import ConsoleProgress
+
+    ConsoleProgress(1, 0, "lines", "t").table("final metrics", {"align/cos/global": None,
+                                                                "test/acc": 0.5}, tmp_path)
+    out = capsys.readouterr().out
+    assert "not finite" in out and "None" not in out and "0.5000" in out
+    assert out.strip().endswith(f"run directory: {tmp_path}")
