@@ -185,12 +185,9 @@ def _hydra_main(cfg):
                         "submitit requeues the job, which resumes from it",
                         signal.Signals(handover.signum).name, run_dir)
             handover.requeue()
-        if multirun:
-            log.warning("%s: checkpoint saved in %s; run the same sweep command with "
-                        "hydra.sweep.dir=%s to resume", exc, run_dir, hc.sweep.dir)
-        else:
-            log.warning("%s: checkpoint saved in %s; run the same command with "
-                        "hydra.run.dir=%s to resume", exc, run_dir, run_dir)
+        again = f"same sweep command with hydra.sweep.dir={hc.sweep.dir}" if multirun \
+            else f"same command with hydra.run.dir={run_dir}"
+        log.warning("%s: checkpoint saved in %s; run the %s to resume", exc, run_dir, again)
         raise SystemExit(128 + exc.signum)
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)
@@ -280,13 +277,14 @@ def _unknown_key_problem(argv: list[str]) -> str | None:
     for arg in argv:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
             continue
-        parts = arg.partition("=")[0].split(".")
-        if len(parts) >= 2 and parts[0] not in SECTIONS and parts[0] != "hydra":
-            return unknown_key_message(parts[0], set(SECTIONS), kind="section")
-        if len(parts) >= 2 and parts[0] in SECTIONS:
-            known = section_keys(parts[0])
-            if parts[1] not in known:
-                return unknown_key_message(f"{parts[0]}.{parts[1]}", known)
+        section, _, rest = arg.partition("=")[0].partition(".")
+        if not rest or section == "hydra":
+            continue
+        if section not in SECTIONS:
+            return unknown_key_message(section, set(SECTIONS), kind="section")
+        key, known = rest.partition(".")[0], section_keys(section)
+        if key not in known:
+            return unknown_key_message(f"{section}.{key}", known)
     return None
 
 

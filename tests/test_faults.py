@@ -433,11 +433,12 @@ def _cli_cases(tmp: Path, victim: Path) -> dict:
     cases = {}
 
     def add(name, args, words, prepare=None, command=exe):
+        """prepare: None (a copy of the finished victim), "unfinished" (the victim before its
+        end) or "fresh" (a new run directory)."""
         run_dir = tmp / name / "run"
-        if prepare != "no-dir":
+        if prepare != "fresh":
             copy_of(victim, run_dir, unfinished=prepare == "unfinished")
-        cases[name] = ([*command, *args, f"hydra.run.dir={run_dir}"],
-                       None if prepare == "no-dir" else run_dir, words)
+        cases[name] = ([*command, *args, f"hydra.run.dir={run_dir}"], run_dir, words)
         return run_dir
 
     add("wrong-type", [*VICTIM, "trainer.iterations=abc"], ["trainer.iterations", "abc"])
@@ -451,9 +452,7 @@ def _cli_cases(tmp: Path, victim: Path) -> dict:
     path.write_bytes(path.read_bytes()[:1000])
     cases["truncated-checkpoint"][2].append(str(path))
     add("bad-update-mode", [*VICTIM, "trainer.update=onlin"],  # Adamax's lr reads the mode
-        ["otpe-train: error: trainer.update='onlin' is not one of: offline, online."], "no-dir")
-    cases["bad-update-mode"] = (*cases["bad-update-mode"][:1], tmp / "bad-update-mode" / "run",
-                                cases["bad-update-mode"][2])
+        ["otpe-train: error: trainer.update='onlin' is not one of: offline, online."], "fresh")
     add("different-config", [*VICTIM, "model.width=32"],
         ["otpe-train: error: checkpoint", "model.width is 16 in the checkpoint but 32 now"],
         "unfinished")
@@ -466,9 +465,8 @@ def _cli_cases(tmp: Path, victim: Path) -> dict:
     driver = tmp / "nan_driver.py"
     driver.write_text(NAN_DRIVER)
     add("nan-loss", NAN_RUN, ["otpe-train: error: non-finite gradient of layers.0.bias at "
-                              "iteration 6", "iteration 4) is kept"], "no-dir",
+                              "iteration 6", "iteration 4) is kept"], "fresh",
         command=[sys.executable, str(driver)])
-    cases["nan-loss"] = (cases["nan-loss"][0], tmp / "nan-loss" / "run", cases["nan-loss"][2])
     if make_hsd is not None:
         root = tmp / "shd-data"
         make_hsd(root, "shd")
