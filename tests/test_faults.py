@@ -533,6 +533,8 @@ def test_cli_bad_input_one_sentence_nonzero_exit_no_traceback(cli_results, name)
     if r["before"]:
         after = snapshot(r["run_dir"])
         assert {k: after.get(k) for k in r["before"]} == r["before"], "existing files changed"
+        if "summary.json" not in r["before"]:  # an unfinished run stays resumable: no
+            assert "summary.json" not in after  # 'failed' record is written over it
         assert ".hydra/config.yaml" in r["before"]
         assert not (r["run_dir"] / ".hydra" / "pending").exists()
     if name == "unwritable-dir":

@@ -273,7 +273,9 @@ def test_different_model_config_is_refused_naming_it(make_cfg, tmp_path, baselin
     assert "\n" not in message
     for changed, key in ((["algorithm=ottt"], "algorithm.name"),
                          (["optimizer.lr=0.01"], "optimizer.lr"),
-                         (["trainer.seed=1"], "trainer.seed")):
+                         (["trainer.seed=1"], "trainer.seed"),
+                         (["dataset.num_steps=30"], "dataset.num_steps"),
+                         (["trainer.dtype=float64"], "trainer.dtype")):
         with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
             Trainer(make_cfg([*ARGS, *changed]), run_dir)
     assert (run_dir / "checkpoint.pt").read_bytes() == before
