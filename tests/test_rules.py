@@ -500,12 +500,17 @@ def test_depth1_exactness(sizes, kind):
 
 
 def test_gbar_is_leaky_average():
-    """SPEC 5.3: the reference recursion equals the closed form (production exposes no gbar
-    in its contract; its gbar is exercised through otpe / approx_otpe above)."""
+    """SPEC 5.3 in production: the recursive ḡ the online rules keep (``GBar``) equals the
+    closed-form normalised leaky average Σ_k β^{t−k} ψ_k / Σ_k β^{t−k} at every step."""
+    from otpe_cli.rules.base import GBar
+
     rng = np.random.default_rng(1)
-    psis = rng.random((30, 4))
-    assert np.allclose(ref.ref_gbar(psis, BETA), ref.ref_leaky_average(psis, BETA),
-                       rtol=1e-12, atol=1e-15)
+    for beta in (BETA, 0.5, 0.99):
+        psis = rng.random((30, 4, 3))
+        gbar = GBar(beta)
+        got = np.stack([gbar.update(torch.from_numpy(p)).numpy().copy() for p in psis])
+        assert np.allclose(got, ref.ref_leaky_average(psis, beta), rtol=1e-12, atol=1e-15)
+        assert np.array_equal(got[0], psis[0])  # ḡ_1 = ψ_1
 
 
 def test_deep_alignment_ordering():
