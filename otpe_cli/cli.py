@@ -55,6 +55,65 @@ class FailedJobs(Callback):
             raise SystemExit(1)
 
 
+class StopParallelSweep(Callback):
+    """Ctrl-C or a stop signal to a joblib sweep (``hydra/launcher=local_parallel``) stops it
+    the way it stops a single run: every running job checkpoints at the end of its iteration,
+    jobs not yet started are skipped, and the sweep exits 128 + signal naming how to resume.
+
+    Without this, the parent's KeyboardInterrupt made joblib kill its workers at once (their
+    work since the last checkpoint lost), and a SIGTERM to the parent alone left them training
+    on as orphans. Here the parent catches the stop signals while its jobs run and passes a
+    SIGTERM on to its child processes (loky's workers; its resource tracker ignores SIGTERM);
+    each worker stops its job through the trainer's own handler (see ``_hydra_main``)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from .trainer import STOP_SIGNALS
+
+        self.signum, self.previous = None, {}
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if target.endswith("JoblibLauncher"):
+            for sig in (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)):
+                self.previous[sig] = signal.signal(sig, self._stop)
+
+    def _stop(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            line = (f"otpe-train: {signal.Signals(signum).name}: stopping the sweep; running "
+                    "jobs checkpoint at the end of their iteration, jobs not started are "
+                    "skipped.\n")
+            try:  # os.write: a print() here could re-enter one the signal interrupted
+                os.write(sys.__stderr__.fileno(), line.encode())
+            except (OSError, AttributeError, ValueError):
+                pass
+        for pid in _child_processes():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        for sig, handler in getattr(self, "previous", {}).items():
+            signal.signal(sig, handler)
+        if getattr(self, "signum", None) is not None:
+            print(f"otpe-train: sweep stopped by {signal.Signals(self.signum).name}; run the "
+                  f"same sweep command with hydra.sweep.dir={config.hydra.sweep.dir} to resume.",
+                  file=sys.stderr)
+            raise SystemExit(128 + self.signum)
+
+
+def _child_processes() -> list[int]:
+    """PIDs of this process's children (Linux /proc; elsewhere none are found)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == me:
+                found.append(int(entry.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 #: errors that are the user's input or the run's numerics: one sentence, no traceback
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError,
                PermissionError)
@@ -154,15 +213,23 @@ def run(cfg, run_dir: Path, on_accepted=None) -> dict:
 
 @hydra.main(config_path="pkg://otpe_cli.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg):
-    from .trainer import Interrupted, NonFiniteError
+    from .trainer import PENDING_STOP, STOP_SIGNALS, Interrupted, NonFiniteError
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     launcher = hc.launcher.get("_target_", "")
     handover = None
-    if multirun and launcher.endswith("JoblibLauncher"):
+    worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
+    if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
+        for sig in (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)):
+            # a stop between jobs is remembered: the next job is skipped
+            signal.signal(sig, lambda signum, _: PENDING_STOP.append(signum))
+        if PENDING_STOP:
+            log.warning("sweep stopping: %s not started", run_dir)
+            settle_hydra_files(run_dir, hc.output_subdir, accepted=False)
+            return None
     if multirun and "submitit" in launcher:
         handover = _SubmititHandover()
     threads = _threads_per_job(hc.launcher) if multirun else None
@@ -188,6 +255,9 @@ def _hydra_main(cfg):
         again = f"same sweep command with hydra.sweep.dir={hc.sweep.dir}" if multirun \
             else f"same command with hydra.run.dir={run_dir}"
         log.warning("%s: checkpoint saved in %s; run the %s to resume", exc, run_dir, again)
+        if worker:  # returning lets joblib collect the other jobs; the parent exits 128 + sig
+            PENDING_STOP.append(exc.signum)
+            return None
         raise SystemExit(128 + exc.signum)
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)

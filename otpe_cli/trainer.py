@@ -26,6 +26,9 @@ from .logs import RunLogger, SUMMARY_NAME, read_metrics
 from .snn import SNN
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+#: stop signals that reached this process outside a training loop (a parallel sweep's worker
+#: between jobs, or while a job builds its data): the next loop stops at once, checkpointed
+PENDING_STOP: list[int] = []
 
 
 class NonFiniteError(RuntimeError):
@@ -344,7 +347,8 @@ class Trainer:
         return out
 
     def _on_signal(self, signum, frame) -> None:
-        self._signal = signum
+        if self._signal is None:  # the first stop signal is the one reported
+            self._signal = signum
 
     def finished_summary(self) -> dict | None:
         """The summary of this run if it already trained all its iterations, else None.
@@ -381,6 +385,8 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():  # (signals need it)
             previous = {s: signal.signal(getattr(signal, s), self._on_signal)
                         for s in STOP_SIGNALS if hasattr(signal, s)}
+        if PENDING_STOP:
+            self._signal = PENDING_STOP[0]
         self._t0 = time.time()
         try:
             last_eval = self._loop()

@@ -245,3 +245,44 @@ def test_a_stopped_sweep_says_how_to_resume_it(tmp_path):
     assert (f"run the same sweep command with hydra.sweep.dir={sweep} to resume") in err
     assert summary(sweep / "0_otpe_d2_s0")["status"] == "interrupted"
     assert not (sweep / "1_otpe_d3_s0").exists()  # the sweep stopped with its job
+
+
+def test_a_parallel_sweep_stopped_by_a_signal_checkpoints_its_jobs_and_resumes(tmp_path):
+    """SIGTERM to a joblib sweep's parent alone (as a scheduler or ``kill`` sends it): the
+    running jobs checkpoint and stop instead of training on as orphans, the queued job is not
+    started, the sweep exits 143 naming how to resume, and the resumed sweep finishes every job
+    with each iteration logged once."""
+    sweep = tmp_path / "sweep"
+    exe = Path(sys.executable).with_name("otpe-train")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    command = [str(exe) if exe.exists() else "otpe-train", "-m", *TINY_SWEEP,
+               "trainer.iterations=300", "trainer.log_every=1", "trainer.progress=none",
+               "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+               "algorithm=ottt,otpe,ostl", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    running = [sweep / "0_ottt_d3_s0", sweep / "1_otpe_d3_s0"]
+    deadline = time.monotonic() + 120
+    while not all((d / "metrics.jsonl").exists()
+                  and (d / "metrics.jsonl").read_text().count("\n") >= 2 for d in running):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert (f"sweep stopped by SIGTERM; run the same sweep command with hydra.sweep.dir={sweep} "
+            "to resume.") in err
+    for job in running:
+        stopped = summary(job)
+        assert stopped["status"] == "interrupted" and stopped["iter"] < 300, stopped
+        assert (job / "checkpoint.pt").exists()
+    assert not (sweep / "2_ostl_d3_s0" / "metrics.jsonl").exists()  # skipped, not started
+
+    res = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in [*running, sweep / "2_ostl_d3_s0"]:
+        assert summary(job)["status"] == "finished"
+        assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(range(1, 301))
