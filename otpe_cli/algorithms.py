@@ -128,12 +128,14 @@ class Algorithm:
 
     def memory_floor(self, sizes: list[int], batch: int, steps: int, itemsize: int,
                      with_reference: bool) -> int:
-        """Bytes one training iteration must hold at once, at the least: the input batch, the
-        rules' per-sample N_out × N_in traces and, for BPTT (or alignment to it), the membrane
-        and spike of every unit at every step, kept for the backward pass. A lower bound (at
-        batch 128, T 50, 50-128-128-10: 26 MB against 33 MB measured for OTPE, 15 MB against
-        30 MB for BPTT), so a refusal built on it never refuses a run that would fit."""
-        need = steps * batch * sizes[0] * itemsize
+        """Bytes one training iteration must hold at once, at the least: the parameters and
+        their gradients, the input batch, the rules' per-sample N_out × N_in traces and, for
+        BPTT (or alignment to it), the membrane and spike of every unit at every step, kept
+        for the backward pass. A lower bound (at batch 128, T 50, 50-128-128-10: 26 MB against
+        33 MB measured for OTPE, 15 MB against 30 MB for BPTT), so a refusal built on it never
+        refuses a run that would fit."""
+        need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize
+        need += steps * batch * sizes[0] * itemsize
         if not self.is_bptt:
             for rule, n_in, n_out in zip(self.rule_names(len(sizes) - 1), sizes, sizes[1:]):
                 need += RULES[rule].full_traces * batch * n_out * n_in * itemsize

@@ -142,13 +142,13 @@ class Trainer:
                              f"{self.data.train_size} or less.")
         m = cfg.model
         sizes = [self.data.num_inputs] + [m.width] * (m.depth - 1) + [self.data.num_classes]
-        init_gen = torch.Generator().manual_seed(t.seed)  # same init for every algorithm
-        self.model = SNN(sizes, m.beta, m.threshold, m.slope, generator=init_gen).to(
-            self.device, self.dtype)
         a = cfg.algorithm
         self.algorithm = build_algorithm(a.name, a.readout, a.bias_trace)
         self.reference = self.algorithm.reference()
-        self._check_memory(sizes)
+        self._check_memory(sizes)  # before the model: its weights alone may not fit
+        init_gen = torch.Generator().manual_seed(t.seed)  # same init for every algorithm
+        self.model = SNN(sizes, m.beta, m.threshold, m.slope, generator=init_gen).to(
+            self.device, self.dtype)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.batch_gen = torch.Generator().manual_seed(t.seed + 1)
@@ -252,21 +252,26 @@ class Trainer:
         return False
 
     def _check_memory(self, sizes: list[int]) -> None:
-        """Refuse, before any work, a batch whose traces (or BPTT graph) cannot fit in the
-        memory free now: such a run would otherwise swap or be killed, a long way in."""
+        """Refuse, before any work, a network or batch whose parameters, traces (or BPTT graph)
+        cannot fit in the memory free now: such a run would otherwise swap or be killed."""
         t = self.cfg.trainer
-        need = self.algorithm.memory_floor(sizes, t.batch_size, self.data.num_steps,
-                                           self.dtype.itemsize, t.align_every > 0)
-        free = available_memory(self.device)
-        if free is not None and need > free:
-            what = "BPTT's graph" if self.algorithm.is_bptt else "its traces" + \
-                (" and BPTT's graph for alignment" if t.align_every > 0 else "")
+        floor = lambda batch: self.algorithm.memory_floor(  # noqa: E731
+            sizes, batch, self.data.num_steps, self.dtype.itemsize, t.align_every > 0)
+        need, free = floor(t.batch_size), available_memory(self.device)
+        if free is None or need <= free:
+            return
+        what = "BPTT's graph" if self.algorithm.is_bptt else "its traces" + \
+            (" and BPTT's graph for alignment" if t.align_every > 0 else "")
+        where = (f"algorithm={self.algorithm.name} ({what}, T={self.data.num_steps}, layers "
+                 f"{'-'.join(map(str, sizes))}), but only {free / 2**30:.1f} GiB of "
+                 f"{self.device.type} memory is free")
+        if t.batch_size > 1 and floor(1) <= free:
             raise ValueError(
                 f"trainer.batch_size={t.batch_size} needs at least {need / 2**30:.1f} GiB for "
-                f"algorithm={self.algorithm.name} ({what}, T={self.data.num_steps}, "
-                f"layers {'-'.join(map(str, sizes))}), but only {free / 2**30:.1f} GiB of "
-                f"{self.device.type} memory is free: lower trainer.batch_size (that bound is a "
-                "floor; a run needs more).")
+                f"{where}: lower trainer.batch_size (that bound is a floor; a run needs more).")
+        raise ValueError(
+            f"model.width={self.cfg.model.width} needs at least {floor(1) / 2**30:.1f} GiB even "
+            f"at batch size 1 for {where}: lower model.width or model.depth.")
 
     def _apply(self, grads) -> None:
         for p, g in zip(self.model.parameters(), grads):

@@ -579,7 +579,9 @@ def test_a_batch_that_cannot_fit_in_free_memory_is_refused_before_any_work(make_
     # BPTT's membrane and spike per unit and step; T = 10, 50 inputs, width 16, 10 classes
     sizes, batch, steps = [50, 16, 16, 10], 64, 10
     traces = 2 * (16 * 50 + 16 * 16) + 1 * (10 * 16)
-    floor = 4 * (steps * batch * 50 + batch * traces + 2 * steps * batch * (16 + 16 + 10))
+    params = 16 * 51 + 16 * 17 + 10 * 17  # weights and biases, held twice (and their grads)
+    floor = 4 * (2 * params + steps * batch * 50 + batch * traces
+                 + 2 * steps * batch * (16 + 16 + 10))
     from otpe_cli import build_algorithm
     assert build_algorithm("otpe").memory_floor(sizes, batch, steps, 4, True) == floor
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor - 1)
@@ -589,3 +591,16 @@ def test_a_batch_that_cannot_fit_in_free_memory_is_refused_before_any_work(make_
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor)
     trainer_module.Trainer(cfg, tmp_path / "run")  # just fits: accepted
+
+
+def test_a_network_too_wide_for_free_memory_is_refused_before_it_is_built(make_cfg, tmp_path,
+                                                                            monkeypatch):
+    """Even one sample does not fit: the width is named, and no weight is allocated (a
+    width of 10^8 would ask for 40 TB in the model's constructor)."""
+    from otpe_cli import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(trainer_module, "SNN", lambda *a, **k: pytest.fail("model was built"))
+    refused(make_cfg([*VICTIM, "model.width=100000000"]), tmp_path / "run",
+            "model.width=100000000 needs at least", "even at batch size 1",
+            "but only 1.0 GiB of cpu memory is free: lower model.width or model.depth.")
