@@ -339,6 +339,20 @@ def _guard_console_streams() -> None:
         setattr(sys, name, _PipeSafe(stream))
 
 
+def _config_groups() -> set[str]:
+    """What ``name=value`` may choose at the top level: the config groups (``algorithm``,
+    ``dataset``, ``experiment``, ...) and the schema sections."""
+    from importlib.resources import files
+
+    from .config import SECTIONS
+
+    try:
+        groups = {p.name for p in files("otpe_cli.conf").iterdir() if p.is_dir()}
+    except (OSError, ModuleNotFoundError):
+        groups = set()
+    return (groups | set(SECTIONS)) - {"hydra", "__pycache__"}
+
+
 def _unknown_key_problem(argv: list[str]) -> str | None:
     """A misspelt ``section.key=value`` gets a sentence with the nearest key; Hydra would answer
     with several lines and a hint to add the key with ``+`` (which validation then refuses)."""
@@ -348,6 +362,8 @@ def _unknown_key_problem(argv: list[str]) -> str | None:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
             continue
         section, _, rest = arg.partition("=")[0].partition(".")
+        if not rest and "/" not in section and section not in _config_groups():
+            return unknown_key_message(section, _config_groups(), kind="group")
         if not rest or section == "hydra":
             continue
         if section not in SECTIONS:

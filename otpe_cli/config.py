@@ -172,8 +172,8 @@ def unknown_key_message(key: str, known: set[str], kind: str = "key") -> str:
     section, _, name = key.rpartition(".")
     near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     hint = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
-    return (f"unknown config {kind} {key}: no schema has it ({hint}otpe-train --help lists "
-            "every key).")
+    where = "there is no such group" if kind == "group" else "no schema has it"
+    return f"unknown config {kind} {key}: {where} ({hint}otpe-train --help lists every key)."
 
 
 def _no_added_keys(cfg) -> None:

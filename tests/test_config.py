@@ -128,7 +128,12 @@ def test_cli_bad_input_exits_non_zero_naming_the_key(cli, tmp_path, args, key, c
     (["model.zzz=1"], "unknown config key model.zzz: no schema has it (otpe-train --help lists "
                       "every key)."),
     (["modl.depth=3"], "unknown config section modl: no schema has it (did you mean model? "
-                       "otpe-train --help lists every key).")])
+                       "otpe-train --help lists every key)."),
+    (["algoritm=otpe"], "unknown config group algoritm: there is no such group (did you mean "
+                        "algorithm? otpe-train --help lists every key)."),
+    (["-m", "experimnt=depth_sweep"], "unknown config group experimnt: there is no such group "
+                                      "(did you mean experiment? otpe-train --help lists every "
+                                      "key).")])
 def test_cli_misspelt_key_is_one_sentence_with_the_nearest_key(cli, tmp_path, args, line):
     res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert res.returncode == 2
