@@ -199,13 +199,13 @@ def run(cfg, run_dir: Path, on_accepted=None) -> dict:
 
     validate(cfg)
     trainer = Trainer(cfg, run_dir)
-    if on_accepted is not None:
-        on_accepted()
     done = trainer.finished_summary()
-    if done is not None:
+    if done is not None:  # its record (.hydra/config.yaml) stays the one it was trained with
         log.info("run in %s already finished (%d iterations, test/acc %.4f); not training "
                  "again", run_dir, done.get("iter", 0), done.get("test/acc", float("nan")))
         return done
+    if on_accepted is not None:
+        on_accepted()
     if trainer.iteration:
         log.info("resuming %s from iteration %d", run_dir, trainer.iteration)
     return trainer.train()

@@ -3,7 +3,7 @@
 ``Trainer`` owns a run: ``__init__`` builds everything from the config and resumes from the run
 directory's checkpoint when there is one; ``train()`` is the loop — draw batch, compute gradient
 (by the algorithm), optimizer step, log every ``log_every``, evaluate every ``eval_every``,
-checkpoint every ``checkpoint_every`` and on SIGTERM / SIGINT / SIGUSR1.
+checkpoint every ``checkpoint_every`` and on SIGTERM / SIGINT / SIGUSR1 / SIGHUP.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .data import build_dataset
 from .logs import RunLogger, SUMMARY_NAME, read_metrics
 from .snn import SNN
 
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP")  # SIGHUP: the terminal went away
 #: stop signals that reached this process outside a training loop (a parallel sweep's worker
 #: between jobs, or while a job builds its data): the next loop stops at once, checkpointed
 PENDING_STOP: list[int] = []

@@ -141,13 +141,15 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, baseline):
     assert (hydra / "config.yaml").exists() and not (hydra / "pending").exists()
 
 
-def test_sigint_and_sigusr1_twice_interrupted_then_resumed(tmp_path, baseline):
-    """SIGINT (Ctrl-C) and SIGUSR1 (SLURM's preemption warning), one after the other."""
+def test_sigint_sigusr1_and_sighup_interrupted_then_resumed(tmp_path, baseline):
+    """SIGINT (Ctrl-C), SIGUSR1 (SLURM's preemption warning) and SIGHUP (the terminal or ssh
+    session went away), one after the other."""
     run_dir = tmp_path / "run"
     first = interrupt(run_dir, signal.SIGINT, 6, "int")
     second = interrupt(run_dir, signal.SIGUSR1, first + 10, "usr1")
-    assert second > first
-    finish(run_dir, second)
+    third = interrupt(run_dir, signal.SIGHUP, second + 10, "hup")
+    assert third > second > first
+    finish(run_dir, third)
     assert_same_run(run_dir, baseline)
 
 
@@ -156,10 +158,16 @@ def test_finished_run_started_again_says_so_and_changes_nothing(tmp_path, baseli
     shutil.copytree(baseline, run_dir)
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
               if p.is_file()}
-    res = cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=ENV, timeout=TIMEOUT)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("# the config this run was trained with\n")
+    recorded = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    # a change that may come with a resume, but there is nothing left to resume
+    res = cli([*ARGS, "trainer.eval_every=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+              env=ENV, timeout=TIMEOUT)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "already finished" in out and "not training again" in out
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == recorded  # what it ran with
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()
              if p.is_file() and p.name in before}
     for name in ("metrics.jsonl", "summary.json", "checkpoint.pt"):
