@@ -204,6 +204,10 @@ def run(cfg, run_dir: Path, on_accepted=None) -> dict:
         log.info("run in %s already finished (%d iterations, test/acc %.4f); not training "
                  "again", run_dir, done.get("iter", 0), done.get("test/acc", float("nan")))
         return done
+    if trainer.iteration > cfg.trainer.iterations:
+        raise ValueError(f"the checkpoint in {run_dir} is at iteration {trainer.iteration}, "
+                         f"beyond trainer.iterations={cfg.trainer.iterations}: resume it with "
+                         f"trainer.iterations={trainer.iteration} or more.")
     if on_accepted is not None:
         on_accepted()
     if trainer.iteration:
@@ -377,9 +381,11 @@ def _unknown_key_problem(argv: list[str]) -> str | None:
 def _launcher_problem(argv: list[str]) -> str | None:
     """submitit's SLURM launcher fails with a traceback (and an empty sweep directory) where
     SLURM is absent; say so first."""
-    if "hydra/launcher=slurm" in argv and shutil.which("srun") is None:
-        return ("hydra/launcher=slurm needs SLURM, and 'srun' is not on PATH here: launch the "
-                "sweep from a node of the cluster, or run it on this machine with "
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if "hydra/launcher=slurm" in argv and missing:
+        return (f"hydra/launcher=slurm needs SLURM, and {' and '.join(map(repr, missing))} "
+                f"{'is' if len(missing) == 1 else 'are'} not on PATH here: launch the sweep "
+                "from a node of the cluster, or run it on this machine with "
                 "hydra/launcher=local_parallel or the basic launcher.")
     return None
 

@@ -101,8 +101,9 @@ class ConsoleProgress:
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in metrics.items():
+            v = _clean(v)  # NaN/inf → None, as in the files
             table.add_row(k, f"{v:.4f}" if isinstance(v, float)
-                          else "not finite" if v is None else str(v))  # None: NaN/inf (_clean)
+                          else "not finite" if v is None else str(v))
         out = Console()  # stdout
         out.print(table)
         out.print(f"run directory: {run_dir}", markup=False, highlight=False, soft_wrap=True)

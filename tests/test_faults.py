@@ -456,6 +456,9 @@ def _cli_cases(tmp: Path, victim: Path) -> dict:
     add("different-config", [*VICTIM, "model.width=32"],
         ["otpe-train: error: checkpoint", "model.width is 16 in the checkpoint but 32 now"],
         "unfinished")
+    add("iterations-below-checkpoint", [*VICTIM, "trainer.iterations=5"],
+        ["otpe-train: error: the checkpoint in", "is at iteration 8, beyond "
+         "trainer.iterations=5: resume it with trainer.iterations=8 or more."], "unfinished")
     afile = tmp / "afile"
     afile.write_text("keep me")
     cases["unwritable-dir"] = ([*exe, *VICTIM, f"hydra.run.dir={afile}/run"], None,
@@ -512,7 +515,8 @@ def cli_results(tmp_path_factory, victim):
 
 
 CLI_CASES = ["wrong-type", "unknown-key", "unknown-dataset", "out-of-range", "bad-update-mode",
-             "truncated-checkpoint", "different-config", "unwritable-dir", "unwritable-proc",
+             "truncated-checkpoint", "different-config", "iterations-below-checkpoint",
+             "unwritable-dir", "unwritable-proc",
              "nan-loss", "batch-too-large", "missing-data", "corrupt-data"]
 
 

@@ -211,14 +211,24 @@ def test_launcher_configs():
     assert OmegaConf.to_container(slurm, resolve=False)  # a plain, complete node
 
 
-@pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")
-def test_slurm_launcher_without_slurm_is_one_sentence_and_no_sweep_dir(tmp_path, cli):
+@pytest.mark.parametrize("stub, missing", [(None, "'sbatch' and 'srun' are"),
+                                           ("srun", "'sbatch' is")])
+def test_slurm_launcher_without_slurm_is_one_sentence_and_no_sweep_dir(tmp_path, cli, stub,
+                                                                       missing):
+    """No SLURM here (PATH holds only Python's folder, and a stub ``srun`` in one case):
+    submitit would fail with a traceback when it calls sbatch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if stub:
+        (bin_dir / stub).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / stub).chmod(0o755)
     sweep = tmp_path / "sweep"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}"}
     res = cli(["-m", *TINY_SWEEP, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"],
-              cwd=tmp_path)
+              cwd=tmp_path, env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
-        "otpe-train: error: hydra/launcher=slurm needs SLURM, and 'srun' is not on PATH here: "
+        f"otpe-train: error: hydra/launcher=slurm needs SLURM, and {missing} not on PATH here: "
         "launch the sweep from a node of the cluster, or run it on this machine with "
         "hydra/launcher=local_parallel or the basic launcher."]
     assert not sweep.exists()
