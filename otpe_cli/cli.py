@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, validate
@@ -224,6 +225,13 @@ def _hydra_main(cfg):
     multirun = hc.mode == RunMode.MULTIRUN
     launcher = hc.launcher.get("_target_", "")
     handover = None
+    sweeps = dict(hc.sweeper.get("params") or {})
+    if not multirun and sweeps:  # an experiment preset meant as a sweep, run without -m
+        chosen = {k: OmegaConf.select(cfg, k) for k in sweeps}
+        chosen = {k: v.get("name", v) if OmegaConf.is_dict(v) else v for k, v in chosen.items()}
+        log.warning("this config sweeps over %s, but without -m only one job runs (%s); add "
+                    "-m to run the whole sweep", ", ".join(sweeps),
+                    ", ".join(f"{k}={v}" for k, v in chosen.items()))
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
     if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other

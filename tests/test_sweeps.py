@@ -296,3 +296,15 @@ def test_a_parallel_sweep_stopped_by_a_signal_checkpoints_its_jobs_and_resumes(t
     for job in [*running, sweep / "2_ostl_d3_s0"]:
         assert summary(job)["status"] == "finished"
         assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(range(1, 301))
+
+
+def test_a_sweep_preset_without_multirun_says_only_one_job_runs(tmp_path, cli):
+    run_dir = tmp_path / "run"
+    res = cli(["experiment=depth_sweep", *TINY_SWEEP, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert ("this config sweeps over algorithm, model.depth, trainer.seed, but without -m only "
+            "one job runs (algorithm=otpe, model.depth=3, trainer.seed=0); add -m to run the "
+            "whole sweep") in res.stderr
+    assert summary(run_dir)["status"] == "finished"
+    plain = cli([*TINY_SWEEP, f"hydra.run.dir={tmp_path / 'plain'}"], cwd=tmp_path)
+    assert plain.returncode == 0 and "sweeps over" not in plain.stderr
