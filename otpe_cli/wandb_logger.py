@@ -186,10 +186,9 @@ class WandbLogger:
         except Exception as exc:
             self._say(f"W&B: could not finish the run cleanly ({exc}); the local files in "
                       f"{self.run_dir} are complete.")
-        if self.mode == "offline":
-            sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None) or \
-                self.run_dir / "wandb"
-            self._say(f"W&B: offline run saved; upload it later with: wandb sync {sync_dir}")
+        if self.mode == "offline":  # a resumed run adds a folder per start: name them all
+            self._say("W&B: offline run saved; upload it later with: wandb sync "
+                      f"{self.run_dir / 'wandb'}/offline-run-*")
 
     def _lost(self, exc: Exception) -> None:
         """A W&B call failed mid-run: stop using W&B for this run, keep training."""

@@ -132,7 +132,9 @@ def test_offline_run_lives_in_the_run_dir_holds_every_metric_and_resumes(tmp_pat
     assert len(runs) == 1
     assert not list((tmp_path / "wandb_dir").glob("**/*.wandb")), "W&B files left the run dir"
     run = runs[0]
-    assert "wandb sync" in res.stderr + res.stdout
+    hint = f"wandb sync {run_dir / 'wandb'}/offline-run-*"
+    assert hint in res.stderr + res.stdout
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # what the hint names
     assert (run["name"], run["job_type"], run["project"]) == ("otpe_d3_s0", "otpe", "otpe-cli")
     assert run["group"] == ""  # a single run has no sweep to share
     # the resolved config
