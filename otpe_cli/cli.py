@@ -366,16 +366,18 @@ def _config_groups() -> set[str]:
 
 
 def _unknown_key_problem(argv: list[str]) -> str | None:
-    """A misspelt ``section.key=value`` gets a sentence with the nearest key; Hydra would answer
-    with several lines and a hint to add the key with ``+`` (which validation then refuses)."""
+    """A misspelt ``section.key=value`` (or ``group=choice``) gets a sentence with the nearest
+    key; Hydra would answer with several lines and a hint to add the key with ``+`` (which
+    validation then refuses)."""
     from .config import SECTIONS, section_keys, unknown_key_message
 
+    groups = _config_groups()
     for arg in argv:
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
             continue
         section, _, rest = arg.partition("=")[0].partition(".")
-        if not rest and "/" not in section and section not in _config_groups():
-            return unknown_key_message(section, _config_groups(), kind="group")
+        if not rest and "/" not in section and section not in groups:
+            return unknown_key_message(section, groups, kind="group")
         if not rest or section == "hydra":
             continue
         if section not in SECTIONS:
