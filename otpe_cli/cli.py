@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,35 +65,49 @@ class StopParallelSweep(Callback):
     Without this, the parent's KeyboardInterrupt made joblib kill its workers at once (their
     work since the last checkpoint lost), and a SIGTERM to the parent alone left them training
     on as orphans. Here the parent catches the stop signals while its jobs run and passes a
-    SIGTERM on to its child processes (loky's workers; its resource tracker ignores SIGTERM);
-    each worker stops its job through the trainer's own handler (see ``_hydra_main``)."""
+    SIGTERM on to each child process that handles SIGTERM, i.e. each worker that has started
+    a job (see ``_hydra_main``); a worker still starting up is passed it once it is ready, so
+    that it skips its jobs instead of being killed mid-import."""
+
+    def __getstate__(self) -> dict:  # joblib pickles the callbacks with every job: the
+        return {}                     # parent's handlers, event and thread stay with it
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from .trainer import STOP_SIGNALS
 
-        self.signum, self.previous = None, {}
+        self.signum, self.previous, self.done = None, {}, threading.Event()
         target = str(config.hydra.launcher.get("_target_", ""))
         if target.endswith("JoblibLauncher"):
             for sig in (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)):
                 self.previous[sig] = signal.signal(sig, self._stop)
 
     def _stop(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            line = (f"otpe-train: {signal.Signals(signum).name}: stopping the sweep; running "
-                    "jobs checkpoint at the end of their iteration, jobs not started are "
-                    "skipped.\n")
-            try:  # os.write: a print() here could re-enter one the signal interrupted
-                os.write(sys.__stderr__.fileno(), line.encode())
-            except (OSError, AttributeError, ValueError):
-                pass
-        for pid in _child_processes():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
+        if self.signum is not None:
+            return
+        self.signum = signum
+        line = (f"otpe-train: {signal.Signals(signum).name}: stopping the sweep; running jobs "
+                "checkpoint at the end of their iteration, jobs not started are skipped.\n")
+        try:  # os.write: a print() here could re-enter one the signal interrupted
+            os.write(sys.__stderr__.fileno(), line.encode())
+        except (OSError, AttributeError, ValueError):
+            pass
+        threading.Thread(target=self._pass_on, daemon=True).start()
+
+    def _pass_on(self) -> None:
+        """SIGTERM to every child that handles it, once, until the sweep ends."""
+        told = set()
+        while not self.done.is_set():
+            for pid in set(_children_handling(signal.SIGTERM)) - told:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+                told.add(pid)
+            self.done.wait(0.2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if hasattr(self, "done"):
+            self.done.set()
         for sig, handler in getattr(self, "previous", {}).items():
             signal.signal(sig, handler)
         if getattr(self, "signum", None) is not None:
@@ -102,15 +117,18 @@ class StopParallelSweep(Callback):
             raise SystemExit(128 + self.signum)
 
 
-def _child_processes() -> list[int]:
-    """PIDs of this process's children (Linux /proc; elsewhere none are found)."""
+def _children_handling(sig: int) -> list[int]:
+    """PIDs of this process's children that have a handler for ``sig`` (Linux /proc: the
+    ``SigCgt`` mask; elsewhere none are found). loky's resource tracker ignores SIGTERM, and a
+    worker still importing would die of it."""
     me, found = os.getpid(), []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = entry.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == me:
+            fields = dict(line.split(":\t", 1) for line in entry.read_text().splitlines()
+                          if ":\t" in line)
+            if int(fields["PPid"]) == me and int(fields["SigCgt"], 16) >> (sig - 1) & 1:
                 found.append(int(entry.parent.name))
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, KeyError):
             continue
     return found
 
