@@ -78,7 +78,7 @@ class StopParallelSweep(Callback):
         self.signum, self.previous, self.done = None, {}, threading.Event()
         target = str(config.hydra.launcher.get("_target_", ""))
         if target.endswith("JoblibLauncher"):
-            for sig in (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)):
+            for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._stop)
 
     def _stop(self, signum, frame) -> None:
@@ -253,8 +253,7 @@ def _hydra_main(cfg):
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
     if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
-        for sig in (getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)):
-            # a stop between jobs is remembered: the next job is skipped
+        for sig in STOP_SIGNALS:  # a stop between jobs is remembered: the next job is skipped
             signal.signal(sig, lambda signum, _: PENDING_STOP.append(signum))
         if PENDING_STOP:
             log.warning("sweep stopping: %s not started", run_dir)

@@ -25,7 +25,10 @@ from .data import build_dataset
 from .logs import RunLogger, SUMMARY_NAME, read_metrics
 from .snn import SNN
 
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP")  # SIGHUP: the terminal went away
+#: the signals that stop a run with a checkpoint, those this platform has (SIGHUP: the
+#: terminal or ssh session went away)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP")
+                     if hasattr(signal, name))
 #: stop signals that reached this process outside a training loop (a parallel sweep's worker
 #: between jobs, or while a job builds its data): the next loop stops at once, checkpointed
 PENDING_STOP: list[int] = []
@@ -388,8 +391,7 @@ class Trainer:
         ckpt.remove_stale_temporaries(self.checkpoint_path)
         previous = {}
         if threading.current_thread() is threading.main_thread():  # (signals need it)
-            previous = {s: signal.signal(getattr(signal, s), self._on_signal)
-                        for s in STOP_SIGNALS if hasattr(signal, s)}
+            previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         if PENDING_STOP:
             self._signal = PENDING_STOP[0]
         self._t0 = time.time()
@@ -400,7 +402,7 @@ class Trainer:
             raise
         finally:
             for s, h in previous.items():
-                signal.signal(getattr(signal, s), h)
+                signal.signal(s, h)
         return self._finish(last_eval)
 
     def _loop(self) -> dict:
