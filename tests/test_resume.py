@@ -309,6 +309,24 @@ def test_finished_results_without_checkpoint_are_kept(make_cfg, tmp_path, baseli
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+def test_a_finished_run_answers_without_drawing_its_data(make_cfg, tmp_path, baseline,
+                                                          monkeypatch):
+    """Started again, a finished run says so before the test set is drawn (the slow part)."""
+    from otpe_cli.data.randman import Randman
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+
+    def no_drawing(self):
+        raise AssertionError("the data set was drawn for a finished run")
+
+    monkeypatch.setattr(Randman, "_prepare", no_drawing)
+    monkeypatch.setattr(Randman, "splits", property(no_drawing))
+    assert run(make_cfg(ARGS), run_dir) == json.loads((baseline / "summary.json").read_text())
+    with pytest.raises(AssertionError, match="drawn"):  # a run still to train draws it
+        run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
+
+
 def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
     """Raising trainer.iterations continues a finished run from its checkpoint."""
     run_dir = tmp_path / "run"

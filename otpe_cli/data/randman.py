@@ -93,15 +93,28 @@ class Randman(SpikeDataset):
         self.encoding = encoding
         self.manifolds = RandmanManifolds(num_classes, num_units, dim_manifold, alpha,
                                           manifold_seed)
-        g = torch.Generator().manual_seed(manifold_seed + 1)
-        y = torch.arange(num_classes).repeat_interleave(test_samples_per_class)
-        values = self.manifolds.evaluate(y, torch.rand(len(y), dim_manifold, generator=g))
-        self.manifolds.fit_normalisation(y, values)
-        x = encode(self.manifolds.normalise(y, values), num_steps, encoding, g)
-        self.splits = {"test": (x, y)}
+        self._test_per_class, self._test_seed = test_samples_per_class, manifold_seed + 1
+        self._splits = None
+
+    def _prepare(self) -> dict:
+        """Draw the fixed test set and normalise the manifolds on it, once, on first use (of
+        the test set or of a training batch), so that a finished run started again answers
+        without drawing it."""
+        if self._splits is None:
+            g = torch.Generator().manual_seed(self._test_seed)
+            y = torch.arange(self.num_classes).repeat_interleave(self._test_per_class)
+            values = self.manifolds.evaluate(y, torch.rand(len(y), self.manifolds.dim,
+                                                           generator=g))
+            self.manifolds.fit_normalisation(y, values)
+            x = encode(self.manifolds.normalise(y, values), self.num_steps, self.encoding, g)
+            self._splits = {"test": (x, y)}
+        return self._splits
+
+    splits = property(_prepare)
 
     def sample(self, n: int, generator: torch.Generator):
         """n fresh samples from the same manifolds: (x (T, n, M) uint8, y (n,))."""
+        self._prepare()
         y = torch.randint(self.num_classes, (n,), generator=generator)
         latent = torch.rand(n, self.manifolds.dim, generator=generator)
         values = self.manifolds.normalise(y, self.manifolds.evaluate(y, latent))
