@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
-from .config import ConfigError, validate
+from .config import ConfigError, ignored_logger_keys, validate
 from .data import DataError
 from .logs import SUMMARY_NAME, write_json_atomic
 
@@ -250,6 +250,9 @@ def _hydra_main(cfg):
         log.warning("this config sweeps over %s, but without -m only one job runs (%s); add "
                     "-m to run the whole sweep", ", ".join(sweeps),
                     ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    ignored = ignored_logger_keys(cfg)
+    if ignored:
+        log.warning("%s set, but W&B is off: add logger=wandb to log to W&B", ", ".join(ignored))
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
     if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other

@@ -7,11 +7,12 @@ that types cannot express live in `validate`, which answers with a sentence.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from .snn import DEFAULT_BETA
 
@@ -189,6 +190,15 @@ def _no_added_keys(cfg) -> None:
                           "with '+'? otpe-train --help lists every key).")
 
 
+def ignored_logger_keys(cfg) -> list[str]:
+    """W&B settings given a value while W&B is off (logger=none), which would go unused."""
+    if cfg.logger.name != "none":
+        return []
+    default = LoggerConfig()
+    return [f"logger.{key}" for key in ("project", "entity", "group", "tags", "run_name")
+            if key in cfg.logger and cfg.logger[key] != getattr(default, key)]
+
+
 def validate(cfg) -> None:
     """Refuse out-of-range or inconsistent values with one sentence naming the key."""
     from .algorithms import ALGORITHMS
@@ -227,7 +237,12 @@ def validate(cfg) -> None:
     _choice("trainer.on_nan", t.on_nan, ("stop", "skip"))
     _choice("trainer.progress", t.progress, ("auto", "bar", "lines", "none"))
     _choice("logger.name", cfg.logger.name, ("none", "wandb"))
-    _choice("logger.mode", cfg.logger.mode, ("online", "offline", "disabled"))
+    modes = ("online", "offline", "disabled")
+    if (cfg.logger.mode not in modes and OmegaConf.is_interpolation(cfg.logger, "mode")
+            and os.environ.get("WANDB_MODE") == cfg.logger.mode):
+        raise ConfigError(f"WANDB_MODE={cfg.logger.mode!r} in the environment (logger.mode "
+                          f"reads it) is not one of: {', '.join(modes)}.")
+    _choice("logger.mode", cfg.logger.mode, modes)
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")

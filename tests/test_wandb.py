@@ -248,6 +248,26 @@ def test_wandb_mode_follows_the_environment(monkeypatch):
     assert compose_cfg(["logger=wandb", "logger.mode=online"]).logger.mode == "online"
 
 
+def test_a_bad_wandb_mode_in_the_environment_is_named_as_such(monkeypatch):
+    from otpe_cli.config import ConfigError, validate
+
+    monkeypatch.setenv("WANDB_MODE", "foo")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='foo' in the environment"):
+        validate(compose_cfg(["logger=wandb"]))
+    with pytest.raises(ConfigError, match=r"^logger.mode='bar' is not one of"):
+        validate(compose_cfg(["logger=wandb", "logger.mode=bar"]))
+    validate(compose_cfg([]))  # W&B off: WANDB_MODE is not read
+
+
+def test_wandb_settings_without_wandb_are_named():
+    from otpe_cli.config import ignored_logger_keys
+
+    assert ignored_logger_keys(compose_cfg([])) == []
+    assert ignored_logger_keys(compose_cfg(["logger.project=p", "logger.tags=[a]"])) == [
+        "logger.project", "logger.tags"]
+    assert ignored_logger_keys(compose_cfg(["logger=wandb", "logger.project=p"])) == []
+
+
 def test_run_name_and_group_defaults():
     from otpe_cli.wandb_logger import run_name, sweep_group
 
