@@ -132,8 +132,9 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="schema/dataset", name="randman", node=RandmanConfig)
-    cs.store(group="schema/dataset", name="shd", node=SHDConfig)
+    # stored outside any group, so that `otpe-train --help` lists only choosable groups
+    cs.store(name="randman_schema", node=RandmanConfig)
+    cs.store(name="shd_schema", node=SHDConfig)
 
 
 def _choice(key: str, value, choices) -> None:

@@ -151,3 +151,4 @@ def test_cli_help_lists_groups_under_the_tool_name(cli, tmp_path):
         assert group in out, group
     for alg in ("approx_otpe", "bptt", "f_approx_otpe", "f_otpe", "ostl", "otpe", "ottt"):
         assert alg in out
+    assert "schema" not in out.split("== Config ==")[0]  # only groups one can choose
