@@ -76,6 +76,7 @@ class StopParallelSweep(Callback):
         from .trainer import STOP_SIGNALS
 
         self.signum, self.previous, self.done = None, {}, threading.Event()
+        self.sweep_dir = str(config.hydra.sweep.dir)
         target = str(config.hydra.launcher.get("_target_", ""))
         if target.endswith("JoblibLauncher"):
             for sig in STOP_SIGNALS:
@@ -85,12 +86,16 @@ class StopParallelSweep(Callback):
         if self.signum is not None:
             return
         self.signum = signum
-        line = (f"otpe-train: {signal.Signals(signum).name}: stopping the sweep; running jobs "
-                "checkpoint at the end of their iteration, jobs not started are skipped.\n")
-        try:  # os.write: a print() here could re-enter one the signal interrupted
-            os.write(sys.__stderr__.fileno(), line.encode())
-        except (OSError, AttributeError, ValueError):
-            pass
+        name = signal.Signals(signum).name
+        if not _children_handling(signal.SIGTERM):
+            # No job has started, so there is nothing to checkpoint; and a Ctrl-C that reached
+            # the workers too kills those still unpickling their first job, which joblib would
+            # report with a traceback. Stop now instead (joblib ends its workers on the way out).
+            _say(f"otpe-train: {name} before any job of the sweep started; run the same sweep "
+                 f"command with hydra.sweep.dir={self.sweep_dir} to start it again.\n")
+            raise SystemExit(128 + signum)
+        _say(f"otpe-train: {name}: stopping the sweep; running jobs checkpoint at the end of "
+             "their iteration, jobs not started are skipped.\n")
         threading.Thread(target=self._pass_on, daemon=True).start()
 
     def _pass_on(self) -> None:
@@ -115,6 +120,15 @@ class StopParallelSweep(Callback):
                   f"same sweep command with hydra.sweep.dir={config.hydra.sweep.dir} to resume.",
                   file=sys.stderr)
             raise SystemExit(128 + self.signum)
+
+
+def _say(line: str) -> None:
+    """One line to stderr from a signal handler (os.write: a print() here could re-enter one
+    the signal interrupted)."""
+    try:
+        os.write(sys.__stderr__.fileno(), line.encode())
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _children_handling(sig: int) -> list[int]:

@@ -298,6 +298,50 @@ def test_a_parallel_sweep_stopped_by_a_signal_checkpoints_its_jobs_and_resumes(t
         assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(range(1, 301))
 
 
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"\nPPid:\t{pid}\n" in entry.read_text():
+                found.add(int(entry.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_ctrl_c_while_a_parallel_sweep_starts_stops_it_with_a_hint(tmp_path):
+    """Ctrl-C reaches the whole process group; while joblib's workers are still starting,
+    those unpickling their first job die of it. No job has started, so the sweep stops at once
+    with exit 130 and the command to start it again, not with joblib's traceback, and leaves
+    no worker behind."""
+    sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    exe = Path(sys.executable).with_name("otpe-train")
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(exe) if exe.exists() else "otpe-train", "-m", *TINY_SWEEP,
+             "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "algorithm=ottt,otpe",
+             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)  # its own group, as in a terminal
+    deadline = time.monotonic() + 120
+    while not len(_children(proc.pid)) >= 2:  # workers spawned (they take seconds to import)
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and "BrokenProcessPool" not in text, text[-3000:]
+    assert (f"SIGINT before any job of the sweep started; run the same sweep command with "
+            f"hydra.sweep.dir={sweep} to start it again.") in text
+    assert not list(sweep.glob("*/metrics.jsonl"))
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "workers left behind"
+        time.sleep(0.1)
+
+
 def test_a_sweep_preset_without_multirun_says_only_one_job_runs(tmp_path, cli):
     run_dir = tmp_path / "run"
     res = cli(["experiment=depth_sweep", *TINY_SWEEP, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
