@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import string
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from omegaconf import OmegaConf
 
@@ -26,6 +29,11 @@ INIT_TIMEOUT_S = 15.0
 #: seconds ``finish()`` may spend uploading (wandb's default: forever); the local
 #: ``<run_dir>/wandb/run-*`` files keep everything for a later ``wandb sync``
 FINISH_TIMEOUT_S = 300.0
+#: seconds to wait for a TCP connection to the W&B server before trying online at all
+PROBE_TIMEOUT_S = 3.0
+#: with a proxy the server may be reachable although a direct connection is not: no probe
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
 #: summary keys that W&B keeps as their maximum over the run (the final value is ``final/<key>``)
 BEST_IS_MAX = ("/acc",)
 
@@ -93,6 +101,11 @@ class WandbLogger:
             self._say(f"W&B: cannot read the logger config ({exc}); training continues "
                       "without W&B.")
             return
+        unreachable = self._unreachable() if self.mode == "online" else None
+        if unreachable:  # wandb itself takes up to INIT_TIMEOUT_S and more to find out
+            self._say(f"W&B: cannot reach the server ({unreachable}); logging offline "
+                      "instead.")
+            self.mode = "offline"
         if self.mode == "online" and not self._has_key():
             self._say("W&B: no API key (run `wandb login` or set WANDB_API_KEY); logging "
                       "offline instead.")
@@ -126,6 +139,37 @@ class WandbLogger:
             return bool(self._wandb.login(prompt=False, verify=False))
         except Exception:
             return False
+
+    @staticmethod
+    def _unreachable() -> str | None:
+        """Why a TCP connection to the W&B server fails (within PROBE_TIMEOUT_S), or None when
+        it succeeds or the probe cannot tell (a proxy is set, or no server URL is found): then
+        ``wandb.init`` finds out itself."""
+        if any(os.environ.get(name) for name in PROXY_VARIABLES):
+            return None
+        try:
+            from wandb.sdk import wandb_setup  # the base URL wandb will use (env, settings)
+
+            url = urlsplit(str(wandb_setup.singleton().settings.base_url))
+            host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        except Exception:
+            return None
+        if not host:
+            return None
+        failure: list[str] = []
+
+        def connect():
+            try:
+                socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            except OSError as exc:
+                failure.append(f"{host}:{port}: {exc.strerror or exc}")
+
+        probe = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout
+        probe.start()
+        probe.join(PROBE_TIMEOUT_S + 0.5)
+        if probe.is_alive():
+            return f"{host}:{port}: no answer within {PROBE_TIMEOUT_S:g} s"
+        return failure[0] if failure else None
 
     def _init(self, mode: str):
         wandb = self._wandb

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import http.server
 import os
+import socket
 import signal
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -215,28 +218,92 @@ def test_two_jobs_in_one_process_get_two_runs_in_the_sweep_group(tmp_path, cli):
     assert seen["ottt"] != seen["otpe"]
 
 
-def test_online_without_a_key_logs_offline_and_says_how_to_sync(tmp_path, cli):
+@pytest.fixture
+def not_wandb_server():
+    """The URL of a local HTTP server that answers every request with 404: reachable (the
+    server probe passes), but not a W&B server."""
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_online_without_a_key_logs_offline_and_says_how_to_sync(tmp_path, cli, not_wandb_server):
     run_dir = tmp_path / "run"
     res = cli([*SMALL, "logger.mode=online", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-              env={"WANDB_MODE": "online"})
+              env={"WANDB_MODE": "online", "WANDB_BASE_URL": not_wandb_server})
     out = res.stderr + res.stdout
     assert res.returncode == 0, out[-3000:]
     assert "no API key" in out and "wandb sync" in out
     assert len(offline_runs(run_dir)) == 1
 
 
-def test_online_with_an_unreachable_server_falls_back_quickly(tmp_path, cli):
+def test_online_with_an_unreachable_server_goes_offline_at_once(tmp_path, cli):
+    """Nothing listens at the server's address: the probe says so before wandb.init would
+    spend its timeout finding out."""
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
-           "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "3"}
+           "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "60"}
+    tic = time.time()
+    res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=120)
+    out = res.stderr + res.stdout
+    assert res.returncode == 0, out[-3000:]
+    assert time.time() - tic < 55  # (wandb.init alone would wait 60 s)
+    assert "W&B: cannot reach the server (127.0.0.1:9: Connection refused); logging offline" \
+        in out and "wandb sync" in out
+    assert "online init failed" not in out
+    runs = offline_runs(run_dir)
+    assert len(runs) == 1 and [h["iter"] for h in runs[0]["history"]] == [1, 2, 3]
+
+
+def test_online_with_a_server_that_is_not_wandb_falls_back_to_offline(
+        tmp_path, cli, not_wandb_server):
+    """The server is reachable, so the probe passes, but wandb.init fails there: the run
+    logs offline."""
+    run_dir = tmp_path / "run"
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": not_wandb_server,
+           "WANDB_INIT_TIMEOUT": "3"}
     tic = time.time()
     res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=120)
     out = res.stderr + res.stdout
     assert res.returncode == 0, out[-3000:]
     assert time.time() - tic < 60
+    assert "cannot reach" not in out
     assert "online init failed" in out and "wandb sync" in out
     runs = offline_runs(run_dir)
     assert len(runs) == 1 and [h["iter"] for h in runs[0]["history"]] == [1, 2, 3]
+
+
+def test_the_server_probe_is_skipped_behind_a_proxy(monkeypatch):
+    from otpe_cli.wandb_logger import WandbLogger
+
+    attempts = []
+
+    def refused(address, timeout=None):
+        attempts.append(address)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert WandbLogger._unreachable().endswith(": Connection refused") and len(attempts) == 1
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert WandbLogger._unreachable() is None  # only wandb, through the proxy, can tell
+    assert len(attempts) == 1
 
 
 def test_wandb_mode_follows_the_environment(monkeypatch):
