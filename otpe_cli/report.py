@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from .logs import METRICS_NAME, SUMMARY_NAME, read_metrics
 
 PROG = "otpe-report"
+DEFAULT_METRIC = "test/acc"
 #: config choices of a run (summary.json "config"), and where .hydra/config.yaml keeps them
 CHOICES = {
     "dataset": "dataset.name", "encoding": "encoding.name", "algorithm": "algorithm.name",
@@ -76,9 +78,12 @@ class Run:
     final: dict                                  # final (or, in progress, latest) metrics
     rows: list = field(default_factory=list)     # metrics.jsonl
     error: str | None = None
+    #: every setting that makes it a different experiment, as dotted keys (trainer.settings)
+    settings: dict = field(default_factory=dict)
 
     def get(self, key):
-        return self.config.get(key)
+        """A config choice (``algorithm``, ``depth``, ...) or a setting (``model.beta``)."""
+        return self.config[key] if key in self.config else self.settings.get(key)
 
     @property
     def iteration(self):
@@ -112,18 +117,25 @@ def _scalar(value) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
 
 
-def _config_from_hydra(path: Path) -> dict:
-    """The config choices from ``.hydra/config.yaml`` (a run without a summary yet)."""
+def _config_from_hydra(path: Path) -> tuple[dict, dict]:
+    """The config choices and the settings from ``.hydra/config.yaml`` (a run without a
+    summary yet, or with a summary from before summaries held the settings)."""
     file = path / ".hydra" / "config.yaml"
     if not file.exists():
-        return {}
+        return {}, {}
     try:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.load(file)
-        return {k: OmegaConf.select(cfg, p, default=None) for k, p in CHOICES.items()}
+        choices = {k: OmegaConf.select(cfg, p, default=None) for k, p in CHOICES.items()}
     except Exception:
-        return {}
+        return {}, {}
+    try:
+        from .trainer import settings  # (imports torch: only for runs that need it)
+
+        return choices, json.loads(json.dumps(settings(cfg), default=str))
+    except Exception:
+        return choices, {}
 
 
 def load_run(path: Path) -> Run:
@@ -136,7 +148,12 @@ def load_run(path: Path) -> Run:
         except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
             summary, error = None, f"unreadable {SUMMARY_NAME} ({exc})"
     rows = read_metrics(path / METRICS_NAME)
-    config = dict((summary or {}).get("config") or {}) or _config_from_hydra(path)
+    config = dict((summary or {}).get("config") or {})
+    settings = (summary or {}).get("settings")
+    if not config or not isinstance(settings, dict):
+        hydra_config, settings_ = _config_from_hydra(path)
+        config, settings = config or hydra_config, settings if isinstance(settings, dict) \
+            else settings_
     final = {}
     for row in rows:  # the latest value of every metric; a summary has the last word
         final.update({k: v for k, v in row.items() if _scalar(v)})
@@ -148,7 +165,7 @@ def load_run(path: Path) -> Run:
                       if k not in ("config", "status", "error") and _scalar(v)})
     else:
         status = "failed" if error else "in progress"
-    return Run(path, status, config, final, rows, error)
+    return Run(path, status, config, final, rows, error, settings)
 
 
 # =============================================================================================
@@ -201,8 +218,9 @@ class Tables:
         for r in self.usable:
             by_dataset[r.get("dataset")].append(r)
         for dataset, runs in by_dataset.items():
-            keys = [k for k in CHOICES if k not in (*TABLE_KEYS, "seed")
-                    and len({json.dumps(r.get(k)) for r in runs}) > 1]
+            keys = [k for k in [*CHOICES, *setting_keys(runs)] if k not in (*TABLE_KEYS, "seed")
+                    and len({json.dumps(r.get(k)) for r in runs
+                             if k in CHOICES or k in r.settings}) > 1]
             self.extras[dataset] = keys
             if keys:
                 self.notes.append(
@@ -244,11 +262,32 @@ class Tables:
         return mean, std, len(values)
 
 
+def setting_keys(runs: list) -> list[str]:
+    """The settings of these runs that are not config choices too (``model.beta``, ...)."""
+    chosen = set(CHOICES.values())
+    keys = {k for r in runs for k in r.settings if k not in chosen}
+    return sorted(keys)
+
+
+def experiment(run: Run) -> tuple:
+    """What makes runs the same experiment: every choice and setting except the seed."""
+    return tuple(json.dumps(run.get(k)) for k in
+                 [*CHOICES, *sorted(k for k in run.settings if k not in CHOICES.values())]
+                 if k != "seed")
+
+
+def is_accuracy(metric: str) -> bool:
+    """An accuracy (a fraction in the files, % in the tables): test/acc, best/val_acc,
+    best/test_acc_at_best_val, ...; not best/test_acc_iter."""
+    name = metric.rsplit("/", 1)[-1]
+    return name.endswith("acc") or name.endswith("acc_at_best_val")
+
+
 def _fmt_cell(cell, metric: str) -> str:
     if cell is None:
         return "—"
     mean, std, n = cell
-    scale, digits = (100.0, 1) if metric.endswith("acc") else (1.0, 3)
+    scale, digits = (100.0, 2) if is_accuracy(metric) else (1.0, 3)
     text = f"{mean * scale:.{digits}f}"
     if std is not None:
         text += f" ± {std * scale:.{digits}f}"
@@ -256,7 +295,7 @@ def _fmt_cell(cell, metric: str) -> str:
 
 
 def _describe(metric: str) -> str:
-    if metric.endswith("acc"):
+    if is_accuracy(metric):
         return f"{metric} in %"
     return metric
 
@@ -290,7 +329,7 @@ def status_notes(runs: list, metric: str) -> list[str]:
     seen = defaultdict(list)
     for r in runs:
         if r.status == "finished" and r.get("dataset") is not None:
-            seen[tuple(json.dumps(r.get(k)) for k in CHOICES)].append(r)
+            seen[(experiment(r), json.dumps(r.get("seed")))].append(r)
     for same in seen.values():
         if len(same) > 1:
             notes.append(f"{len(same)} finished runs share one config and seed (counted as "
@@ -307,13 +346,15 @@ def write_csv(runs: list, path: Path) -> None:
     present = set().union(*(r.final.keys() for r in runs))
     metrics = [m for m in CSV_METRICS if m in present]
     metrics += sorted(present - set(metrics) - {"iter"})
-    header = ["run", "status", *CHOICES, "iter", *metrics]
+    differing = [k for k in setting_keys(runs)  # settings that tell these runs apart
+                 if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]
+    header = ["run", "status", *CHOICES, *differing, "iter", *metrics]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in runs:
-            writer.writerow([str(r.path), r.status, *(r.get(k) for k in CHOICES), r.iteration,
-                             *(r.final.get(m) for m in metrics)])
+            writer.writerow([str(r.path), r.status, *(r.get(k) for k in [*CHOICES, *differing]),
+                             r.iteration, *(r.final.get(m) for m in metrics)])
 
 
 def table_rows(tables: Tables, dataset, metric: str) -> tuple[list, list]:
@@ -603,14 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
                "  otpe-report outputs/runs --metric best/test_acc_at_best_val\n\n"
                "Failed runs are only counted and listed, with their error, in the notes; runs\n"
                "still in progress or interrupted (resumable) are in the CSV and noted. The\n"
-               "means use finished runs only. Runs that differ in other settings (lr, width,\n"
-               "update, ...) get rows of their own.\n",
+               "means use finished runs only. Runs that differ in any other setting (lr,\n"
+               "width, T, beta, readout, ...) get rows of their own, named by the settings\n"
+               "that differ. Accuracies are in % in the tables, fractions in the CSV.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run or sweep directories (searched recursively)")
     parser.add_argument("-o", "--out", metavar="OUT", type=Path,
                         help="output folder (default: DIR/report for the first DIR)")
-    parser.add_argument("--metric", default="test/acc",
+    parser.add_argument("--metric", default=DEFAULT_METRIC,
                         help="summary metric for the tables and the depth figure (default: "
                              "test/acc, the final test accuracy; e.g. best/test_acc, "
                              "best/test_acc_at_best_val)")
@@ -620,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_report(dirs: list, out: Path | None = None, metric: str = "test/acc",
+def make_report(dirs: list, out: Path | None = None, metric: str = DEFAULT_METRIC,
                 figures: bool = True, console=None) -> dict:
     """Read the runs under ``dirs`` and write the report; returns what was written."""
     roots = [Path(d) for d in dirs]
@@ -635,6 +677,13 @@ def make_report(dirs: list, out: Path | None = None, metric: str = "test/acc",
         raise ReportError(f"no runs found in {', '.join(map(str, roots))}: a run directory "
                           f"holds {SUMMARY_NAME} or {METRICS_NAME} (otpe-train writes them).")
     runs = [load_run(p) for p in run_dirs]
+    present = {k for r in runs if r.status != "failed" for k in r.final}
+    if metric != DEFAULT_METRIC and metric not in present:
+        near = difflib.get_close_matches(metric, sorted(present), n=1, cutoff=0.6)
+        raise ReportError(f"no run has the metric {metric!r}" +
+                          (f" (did you mean {near[0]}?)" if near else "") +
+                          f"; results.csv lists the metrics, --metric {DEFAULT_METRIC} is the "
+                          "default.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

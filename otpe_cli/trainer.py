@@ -124,6 +124,20 @@ def fingerprint(cfg) -> dict:
     }
 
 
+def settings(cfg) -> dict:
+    """The fingerprint flattened to dotted keys (``model.beta``, ``dataset.num_steps``, ...):
+    every setting that makes runs different experiments, for reports to tell them apart."""
+    def flat(node, prefix: str) -> dict:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items()
+                    for k, v in flat(value, f"{prefix}.{key}" if prefix else key).items()}
+        return {prefix: node}
+
+    fp = fingerprint(cfg)
+    fp["encoding"] = {"name": fp["encoding"]}
+    return flat(fp, "")
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -456,7 +470,7 @@ class Trainer:
                         for k, s in self.align_sums.items()})
         summary.update({"iter": self.iteration, "status": status,
                         "skipped_updates": self.skipped, "wall_time_s": self._wall(),
-                        "config": config_choices(self.cfg)})
+                        "config": config_choices(self.cfg), "settings": settings(self.cfg)})
         return summary
 
     def _finish(self, last_eval: dict) -> dict:

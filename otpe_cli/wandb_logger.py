@@ -220,7 +220,8 @@ class WandbLogger:
         run, self.run = self.run, None
         try:
             final = {f"final/{k}" if k.endswith(BEST_IS_MAX) else k: v
-                     for k, v in summary.items() if k != "config" and v is not None}
+                     for k, v in summary.items() if k not in ("config", "settings")
+                     and v is not None}
             final["status"] = ("interrupted" if preempted else "failed" if failed
                                else summary.get("status", "finished"))
             run.summary.update(final)  # the config is the run's config already

@@ -56,7 +56,7 @@ def test_report_on_a_real_sweep_writes_csv_table_and_figures(sweep, tmp_path):
         summaries.setdefault((s["config"]["algorithm"], s["config"]["depth"]), []).append(
             s["test/acc"])
     values = summaries[("otpe", 3)]
-    cell = f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} (2)"
+    cell = f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} (2)"
     md = (out / "results.md").read_text()
     assert "## randman" in md and "| algorithm | depth 2 | depth 3 |" in md
     otpe_row = next(line for line in md.splitlines() if line.startswith("| otpe |"))
@@ -149,7 +149,7 @@ def test_means_and_std_are_exact(tmp_path):
         _fake_run(tmp_path / f"s{seed}", acc=acc, seed=seed)
     written = make_report([tmp_path], tmp_path / "out", figures=False)
     md = written["markdown"].read_text()
-    assert "| otpe | 90.0 ± 10.0 (3) |" in md
+    assert "| otpe | 90.00 ± 10.00 (3) |" in md
     assert "| otpe | 0.900 ± 0.000 (3) |" in md  # the mean cosine to BPTT
     assert not written["notes"]
 
@@ -166,7 +166,7 @@ def test_runs_linked_into_one_folder_are_found_once(tmp_path):
     (gathered / "again").symlink_to(tmp_path / "runs" / "s0")
     (gathered / "loop").symlink_to(gathered)
     written = make_report([gathered], tmp_path / "out", figures=False)
-    assert "| otpe | 90.0 ± 10.0 (3) |" in written["markdown"].read_text()
+    assert "| otpe | 90.00 ± 10.00 (3) |" in written["markdown"].read_text()
 
 
 def test_failed_in_progress_and_mixed_runs_are_noted_not_fatal(sweep, tmp_path):
@@ -211,7 +211,7 @@ def test_failed_runs_stay_out_of_tables_csv_and_figures(tmp_path):
     md = written["markdown"].read_text()
     tables = md[:md.index("## Notes")]
     assert "| algorithm | depth 3 |" in tables and "depth 0" not in tables
-    assert "| ottt | 90.0 ± 14.1 (2) |" in tables and "| otpe | 90.0 ± 14.1 (2) |" in tables
+    assert "| ottt | 90.00 ± 14.14 (2) |" in tables and "| otpe | 90.00 ± 14.14 (2) |" in tables
     printed_tables = printed[:printed.index("note:")]
     assert "randman: test/acc in %" in printed_tables
     for text in ("depth 0", "width=", "lr=", "update=", "onlin", "${"):
@@ -260,7 +260,7 @@ def test_interrupted_summary_is_reported_as_interrupted(tmp_path):
     assert by_run["stopped"]["iter"] == "4" and float(by_run["stopped"]["test/acc"]) == 0.2
     md = written["markdown"].read_text()
     assert "3 runs (2 finished, 1 interrupted)" in md
-    assert "| otpe | 90.0 ± 14.1 (2) |" in md  # the means: finished runs only
+    assert "| otpe | 90.00 ± 14.14 (2) |" in md  # the means: finished runs only
     notes = "\n".join(written["notes"])
     assert "1 interrupted run(s)" in notes and "resumable" in notes
     assert f"{root / 'stopped'}: iteration 4 of 10" in notes
@@ -337,3 +337,52 @@ def test_clear_errors_and_help(tmp_path, capsys):
     help_text = capsys.readouterr().out
     for word in ("results.csv", "results.md", "--out", "--metric", "examples"):
         assert word in help_text
+
+
+def test_runs_that_differ_in_any_setting_get_rows_of_their_own(tmp_path):
+    """Settings that are not among the config choices (T, β, readout, momentum, ...) still
+    make different experiments: they split the rows (named by what differs) and are not
+    counted as seeds of one config. A summary without settings (older runs) takes them from
+    .hydra/config.yaml."""
+    base = {"model.beta": 0.95, "dataset.num_steps": 50, "trainer.seed": 0}
+    for name, acc, steps in (("t10", 0.2, 10), ("t50", 0.6, 50)):
+        _fake_run(tmp_path / "runs" / name, acc=acc)
+        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        summary["settings"] = {**base, "dataset.num_steps": steps}
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(summary))
+    old = tmp_path / "runs" / "old"  # no settings in its summary: read from .hydra
+    _fake_run(old, acc=0.4)
+    (old / ".hydra").mkdir()
+    (old / ".hydra" / "config.yaml").write_text(
+        "model: {depth: 3, width: 128, beta: 0.95, threshold: 1.0, slope: 25.0}\n"
+        "algorithm: {name: otpe, readout: null, bias_trace: false}\n"
+        "optimizer: {name: adamax, lr: 0.001, betas: [0.9, 0.999], momentum: 0.0, "
+        "weight_decay: 0.0}\n"
+        "dataset: {name: randman, num_steps: 20, root: /somewhere}\n"
+        "encoding: {name: rate}\n"
+        "trainer: {update: offline, batch_size: 128, seed: 0, dtype: float32}\n")
+    written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
+    md = written["markdown"].read_text()
+    for steps, acc in ((10, "20.00"), (20, "40.00"), (50, "60.00")):
+        assert f"| otpe [dataset.num_steps={steps}] | {acc} (1) |" in md, md
+    assert not any("share one config" in n for n in written["notes"])
+    rows = read_csv(written["csv"])
+    assert sorted(r["dataset.num_steps"] for r in rows) == ["10", "20", "50"]
+
+
+def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_path, capsys):
+    for seed, acc in enumerate((0.9993, 0.9998)):
+        _fake_run(tmp_path / "runs" / f"s{seed}", acc=acc, seed=seed)
+        path = tmp_path / "runs" / f"s{seed}" / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["best/test_acc_at_best_val"] = acc
+        path.write_text(json.dumps(summary))
+    md = make_report([tmp_path / "runs"], tmp_path / "out", figures=False,
+                     metric="best/test_acc_at_best_val")["markdown"].read_text()
+    assert "best/test_acc_at_best_val in %" in md and "| otpe | 99.95 ± 0.04 (2) |" in md
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "runs"), "--metric", "test/acc_typo", "-o", str(tmp_path / "o2")])
+    assert exc.value.code == 1
+    assert ("otpe-report: error: no run has the metric 'test/acc_typo' (did you mean "
+            "test/acc?)") in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
