@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .rules import COMPOSITES, RULES
+from .rules.base import FactorisedRule
 from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
@@ -158,6 +159,14 @@ def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = Fa
     if name != "bptt" and readout != COMPOSITES[name][2]:
         raise ValueError(f"algorithm {name!r} is defined with {COMPOSITES[name][2]!r} logits, "
                          f"not {readout!r} (SPEC §2)")
+    if bias_trace and not any(issubclass(RULES[rule], FactorisedRule)
+                              for rule in COMPOSITES.get(name, ("", ""))[:2] if rule):
+        with_it = ", ".join(n for n, (h, o, _) in COMPOSITES.items()
+                            if issubclass(RULES[h], FactorisedRule)
+                            or issubclass(RULES[o], FactorisedRule))
+        raise ValueError(f"algorithm.bias_trace=true changes only the OTTT and A-OTPE rules' "
+                         f"bias gradients, and {name} uses neither (so it would change "
+                         f"nothing); it applies to {with_it}.")
     return Algorithm(name, readout, bool(bias_trace))
 
 

@@ -202,7 +202,7 @@ def ignored_logger_keys(cfg) -> list[str]:
 
 def validate(cfg) -> None:
     """Refuse out-of-range or inconsistent values with one sentence naming the key."""
-    from .algorithms import ALGORITHMS
+    from .algorithms import ALGORITHMS, build_algorithm
     from .data import DATASETS
 
     _choice("dataset.name", cfg.dataset.name, DATASETS)
@@ -244,6 +244,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"WANDB_MODE={cfg.logger.mode!r} in the environment (logger.mode "
                           f"reads it) is not one of: {', '.join(modes)}.")
     _choice("logger.mode", cfg.logger.mode, modes)
+    try:  # readout and bias_trace against the algorithm (SPEC §2)
+        build_algorithm(a.name, a.readout, a.bias_trace)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")

@@ -124,6 +124,22 @@ def test_bias_trace_option_changes_only_the_bias_gradients(make_cfg, tmp_path):
             assert same == name.endswith("weight"), (alg, name)
 
 
+@pytest.mark.parametrize("alg", ["bptt", "ostl", "otpe", "f_otpe"])
+def test_bias_trace_is_refused_where_no_rule_uses_it(make_cfg, alg):
+    """No OTTT or A-OTPE rule in the composite: the option would change nothing, yet the run
+    would be recorded (and reported) as a different experiment."""
+    from otpe_cli import SNN, sequence_gradients
+    from otpe_cli.config import ConfigError, validate
+
+    with pytest.raises(ValueError, match=f"and {alg} uses neither"):
+        sequence_gradients(alg, SNN([4, 3, 2]), torch.zeros(2, 1, 4), torch.zeros(1).long(),
+                           bias_trace=True)
+    with pytest.raises(ConfigError, match=r"^algorithm.bias_trace=true changes only the OTTT "
+                       r"and A-OTPE rules' bias gradients.*applies to ottt, approx_otpe, "
+                       r"f_approx_otpe\.$"):
+        validate(make_cfg([f"algorithm={alg}", "algorithm.bias_trace=true"]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("update", ["offline", "online"])
 def test_training_on_cuda_runs_and_resumes(make_cfg, tmp_path, update):
