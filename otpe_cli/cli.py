@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -225,9 +226,57 @@ def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool)
         log.warning("could not move Hydra's config files out of %s (%s)", pending, exc)
 
 
+LOCK_NAME = ".otpe-train.lock"
+
+
+class RunDirBusy(RuntimeError):
+    """Another otpe-train process is using the run directory."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold an exclusive lock on the run directory while a run uses it, so that a second
+    ``otpe-train`` with the same directory (a job resubmitted while the first still runs) is
+    refused instead of interleaving its metrics with the first one's. The lock is an flock on
+    ``<run_dir>/.otpe-train.lock``, which the system releases when the process ends however it
+    ends; where the file system cannot lock, runs go on without it."""
+    try:
+        import fcntl
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_NAME, "a+")
+    except (ImportError, OSError):  # no fcntl (Windows), or the directory is not writable:
+        yield                       # the trainer says so in its own words
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise RunDirBusy(f"the run directory {run_dir} is in use by another otpe-train "
+                             f"(pid {holder}); wait for it to end, or stop it (it checkpoints "
+                             "on SIGTERM) and run this again to resume.") from None
+        except OSError:  # locks not supported here
+            yield
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # (releases the lock)
+
+
 def run(cfg, run_dir: Path, on_accepted=None) -> dict:
     """Validate, build and train; returns the run's summary (also written to summary.json).
     ``on_accepted()`` is called once the config and the run directory have been accepted."""
+    with run_dir_lock(Path(run_dir)):
+        return _run(cfg, Path(run_dir), on_accepted)
+
+
+def _run(cfg, run_dir: Path, on_accepted=None) -> dict:
     from .trainer import Trainer
 
     validate(cfg)
@@ -305,6 +354,11 @@ def _hydra_main(cfg):
             PENDING_STOP.append(exc.signum)
             return None
         raise SystemExit(128 + exc.signum)
+    except RunDirBusy as exc:  # the directory is the other process's: record nothing there
+        print(f"otpe-train: error: {exc}", file=sys.stderr)
+        if multirun:
+            return None
+        raise SystemExit(2)
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)
         _record_failure(run_dir, cfg, message)

@@ -608,3 +608,25 @@ def test_a_network_too_wide_for_free_memory_is_refused_before_it_is_built(make_c
     refused(make_cfg([*VICTIM, "model.width=100000000"]), tmp_path / "run",
             "model.width=100000000 needs at least", "even at batch size 1",
             "but only 1.0 GiB of cpu memory is free: lower model.width or model.depth.")
+
+
+def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli):
+    """A job resubmitted while the first one still trains in the same directory: refused in
+    one sentence (exit 2) and nothing written there, instead of two processes interleaving
+    their rows in metrics.jsonl. Once the first one has ended, the same command runs."""
+    from otpe_cli.cli import LOCK_NAME, run_dir_lock
+
+    run_dir = tmp_path / "run"
+    args = ["debug=quick", "trainer.iterations=2", f"hydra.run.dir={run_dir}"]
+    with run_dir_lock(run_dir):  # as the first process holds it while it trains
+        res = cli(args, cwd=tmp_path)
+        assert res.returncode == 2, res.stderr[-3000:]
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"otpe-train: error: the run directory {run_dir} is in use by another otpe-train "
+            f"(pid {os.getpid()}); wait for it to end, or stop it (it checkpoints on SIGTERM) "
+            "and run this again to resume.")
+        assert not (run_dir / "summary.json").exists()  # no "failed" record in its directory
+        assert not (run_dir / "metrics.jsonl").exists() and (run_dir / LOCK_NAME).exists()
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
