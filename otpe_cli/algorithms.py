@@ -90,10 +90,17 @@ def online_pass(
 def bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str):
     """Exact reverse-mode gradient of J through time (reset path included)."""
     params = list(model.parameters())
-    with torch.enable_grad():
-        logits, spikes, rates = model(x, readout)
-        loss = model.sequence_loss(logits, y)
-        grads = torch.autograd.grad(loss, params)
+    frozen = [p for p in params if not p.requires_grad]  # (their gradient is asked for too)
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            logits, spikes, rates = model(x, readout)
+            loss = model.sequence_loss(logits, y)
+            grads = torch.autograd.grad(loss, params)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     return list(grads), SequenceStats(float(loss.detach()), spikes.detach().sum(0), rates)
 
 
@@ -170,9 +177,44 @@ def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = Fa
     return Algorithm(name, readout, bool(bias_trace))
 
 
+def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (T, B, N_in) as the model's dtype (spike counts or 0/1 may come as bool, integers or
+    any float) and y (B,) class indices as int64, on the model's device; or a ValueError that
+    says what is wrong."""
+    w = model.layers[0].weight
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError("x and y must be torch tensors: x (T, B, N_in) inputs, y (B,) labels")
+    if x.dim() != 3:
+        raise ValueError(f"x has shape {tuple(x.shape)}; it must be (T, B, N_in) = (time steps, "
+                         f"batch, {model.sizes[0]} inputs)")
+    T, B, n_in = x.shape
+    if T < 1 or B < 1 or n_in != model.sizes[0]:
+        raise ValueError(f"x has shape {tuple(x.shape)}; it must be (T, B, {model.sizes[0]}) "
+                         "with T ≥ 1 time steps and B ≥ 1 samples")
+    if x.is_complex():
+        raise ValueError(f"x has dtype {x.dtype}; give real spike counts or 0/1 values")
+    if y.shape != (B,):
+        raise ValueError(f"y has shape {tuple(y.shape)}; it must be ({B},), one class index "
+                         "per sample of x")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y has dtype {y.dtype}; it must hold integer class indices")
+    if x.device != w.device or y.device != w.device:
+        raise ValueError(f"x is on {x.device} and y on {y.device}, but the model is on "
+                         f"{w.device}; move them with .to({str(w.device)!r})")
+    C = model.sizes[-1]
+    if B and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise ValueError(f"y holds class indices from {int(y.min())} to {int(y.max())}; the "
+                         f"model has {C} output units, so they must lie in 0..{C - 1}")
+    return x.to(w.dtype), y.long()
+
+
 def sequence_gradients(name: str, model: SNN, x: torch.Tensor, y: torch.Tensor,
                        readout: str | None = None, bias_trace: bool = False) -> dict:
     """The offline sequence gradient of algorithm ``name`` at the model's current parameters,
-    as {parameter name: tensor}; the parameters and their ``.grad`` are left untouched."""
-    grads, _ = build_algorithm(name, readout, bias_trace).gradients(model, x, y)
+    as {parameter name: tensor}; the parameters and their ``.grad`` are left untouched.
+    x: (T, B, N_in) spike counts or 0/1 (any real dtype; used as the model's), y: (B,) class
+    indices."""
+    algorithm = build_algorithm(name, readout, bias_trace)
+    x, y = checked_batch(model, x, y)
+    grads, _ = algorithm.gradients(model, x, y)
     return {n: g for (n, _), g in zip(model.named_parameters(), grads)}

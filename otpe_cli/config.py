@@ -252,6 +252,11 @@ def validate(cfg) -> None:
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
     if d.name in ("randman", "trandman"):
+        if cfg.encoding.name in ("counts", "binary"):
+            raise ConfigError(f"encoding={cfg.encoding.name} is a code for the spike data sets "
+                              f"(SHD, SSC) and does not apply to dataset={d.name}, which is "
+                              "made of analog values: use encoding=rate (Randman, the default) "
+                              "or encoding=time (T-Randman).")
         _choice("encoding", cfg.encoding.name, ("rate", "time"))
         for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
                     "test_samples_per_class"):

@@ -60,7 +60,8 @@ class MetricsFile:
 
 class ConsoleProgress:
     """Progress on the console: a rich bar in a terminal, plain lines otherwise, on stderr;
-    the final table, the run's result, on stdout (``otpe-train > result.txt`` keeps it)."""
+    the final table, the run's result, on stdout (``otpe-train > result.txt`` keeps it).
+    ``progress=none`` prints none of it: the run directory holds the results."""
 
     def __init__(self, total: int, start: int, mode: str, title: str):
         self.console = Console(stderr=True)

@@ -326,6 +326,13 @@ def status_notes(runs: list, metric: str) -> list[str]:
     missing = [r for r in runs if r.status == "finished" and _number(r.final.get(metric)) is None]
     for r in missing:
         notes.append(f"{r.path}: finished without a finite {metric}; left out of the means.")
+    if metric != ALIGN_METRIC:  # (alignment off: no key at all; here it is, but undefined)
+        for r in runs:
+            if (r.status == "finished" and ALIGN_METRIC in r.final
+                    and _number(r.final[ALIGN_METRIC]) is None):
+                notes.append(f"{r.path}: its {ALIGN_METRIC} is not finite (a gradient of zero "
+                             "or a non-finite one at an alignment step); left out of the "
+                             "cosine tables.")
     seen = defaultdict(list)
     for r in runs:
         if r.status == "finished" and r.get("dataset") is not None:

@@ -6,6 +6,7 @@ rules run it under ``torch.no_grad()`` and read the surrogate derivative ``surro
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -129,6 +130,14 @@ class StepCrossEntropy:
         return -float((self._logp_sum * self.onehot).sum()) / (self.batch * self.steps)
 
 
+def _is_size(n) -> bool:
+    """An integer ≥ 1 (Python's, NumPy's or a 0-d integer tensor's), not a bool."""
+    try:
+        return not isinstance(n, bool) and operator.index(n) >= 1
+    except TypeError:
+        return False
+
+
 class SNN(nn.Module):
     """Feed-forward LIF network (SPEC §1). ``sizes = [N_in, N_1, …, N_L]``; layer L is the output.
 
@@ -146,6 +155,14 @@ class SNN(nn.Module):
         super().__init__()
         if len(sizes) < 2:
             raise ValueError("an SNN needs at least an input size and an output size")
+        if not all(_is_size(n) for n in sizes):
+            raise ValueError(f"sizes={list(sizes)}: every layer size must be an integer ≥ 1")
+        sizes = [operator.index(n) for n in sizes]
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta={beta} is out of range: the leak must lie in [0, 1)")
+        for name, value in (("threshold", threshold), ("slope", slope)):
+            if not 0.0 < value < math.inf:
+                raise ValueError(f"{name}={value} must be a finite number greater than zero")
         self.sizes = list(sizes)
         self.beta, self.threshold, self.slope = float(beta), float(threshold), float(slope)
         self.layers = nn.ModuleList(

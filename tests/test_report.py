@@ -386,3 +386,16 @@ def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_pa
     assert ("otpe-report: error: no run has the metric 'test/acc_typo' (did you mean "
             "test/acc?)") in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_run_with_an_undefined_mean_cosine_is_named_in_the_notes(tmp_path):
+    _fake_run(tmp_path / "runs" / "ok", seed=0)
+    _fake_run(tmp_path / "runs" / "zero_grad", seed=1)
+    path = tmp_path / "runs" / "zero_grad" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["align_mean/cos/global"] = None  # NaN, written as null
+    path.write_text(json.dumps(summary))
+    written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
+    assert any(n.startswith(f"{tmp_path / 'runs' / 'zero_grad'}: its align_mean/cos/global "
+                            "is not finite") for n in written["notes"])
+    assert "| otpe | 0.900 (1) |" in written["markdown"].read_text()

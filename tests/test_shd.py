@@ -379,6 +379,8 @@ def compose_shd():
 @pytest.mark.parametrize("overrides, words", [
     (["dataset=shd", "encoding=rate"], "encoding=counts"),
     (["dataset=shd", "encoding=time"], "does not apply to dataset=shd"),
+    (["dataset=randman", "encoding=counts"], "does not apply to dataset=randman"),
+    (["dataset=trandman", "encoding=binary"], "or encoding=time"),
     (["dataset=shd", "dataset.pool=3"], "dataset.pool=3 does not divide"),
     (["dataset=shd", "dataset.binning=log"], "dataset.binning"),
     (["dataset=shd", "dataset.binning=fixed", "dataset.t_max=1.005"], "whole number"),
@@ -447,3 +449,28 @@ def test_cli_without_data_exits_with_one_clear_line(tmp_path):
     assert str(empty / "SHD") in proc.stderr and "shd_train.h5" in proc.stderr
     assert "https://zenkelab.org/datasets" in proc.stderr
     assert time.monotonic() - tic < 60
+
+
+def test_archives_placed_by_hand_are_unpacked_without_the_network(tmp_path, no_network):
+    """shd_*.h5.zip as downloaded but not unpacked: unpacked in place, with download off; a
+    broken archive is named."""
+    import zipfile
+
+    src = make_hsd(tmp_path / "src", "shd")
+    folder = tmp_path / "data" / "SHD"
+    folder.mkdir(parents=True)
+    for path in src.values():
+        with zipfile.ZipFile(folder / (path.name + ".zip"), "w") as z:
+            z.write(path, path.name)
+    data = load(tmp_path / "data", download=False)
+    for path in src.values():
+        assert (folder / path.name).read_bytes() == path.read_bytes()
+    assert len(data.splits["test"][1]) == 12 and not no_network
+    assert not list(folder.glob("*.unpacking"))
+
+    broken = tmp_path / "broken" / "SHD"
+    broken.mkdir(parents=True)
+    (broken / "shd_train.h5.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"shd_train\.h5\.zip cannot be unpacked"):
+        load(tmp_path / "broken", download=False)
+    assert not list(broken.glob("*.unpacking")) and not (broken / "shd_train.h5").exists()

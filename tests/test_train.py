@@ -180,3 +180,47 @@ def test_final_table_shows_a_value_that_was_not_finite_as_such(capsys, tmp_path)
     assert out.count("not finite") == 2 and "None" not in out and "nan" not in out
     assert "0.5000" in out
     assert out.strip().endswith(f"run directory: {tmp_path}")
+
+
+def test_the_python_api_takes_any_real_spike_dtype_and_refuses_bad_batches_in_words():
+    from otpe_cli import SNN, sequence_gradients
+
+    m = SNN([5, 4, 3], generator=torch.Generator().manual_seed(0))
+    x = torch.rand(6, 2, 5, generator=torch.Generator().manual_seed(1)) < 0.4
+    y = torch.tensor([0, 2])
+    for alg in ("bptt", "otpe", "ottt"):  # bool / uint8 spikes and int32 labels, as floats
+        want = sequence_gradients(alg, m, x.float(), y)
+        for xx, yy in ((x, y.int()), (x.to(torch.uint8), y.to(torch.uint8)), (x.double(), y)):
+            got = sequence_gradients(alg, m, xx, yy)
+            assert all(torch.equal(got[k], want[k]) for k in want), alg
+    xf = x.float()
+    for xx, yy, words in [
+            (xf[0], y, r"x has shape \(2, 5\); it must be \(T, B, N_in\)"),
+            (xf[:0], y, r"x has shape \(0, 2, 5\); it must be \(T, B, 5\) with T ≥ 1"),
+            (xf[:, :, :4], y, r"it must be \(T, B, 5\)"),
+            (xf, y[:1], r"y has shape \(1,\); it must be \(2,\)"),
+            (xf, y.view(2, 1), r"y has shape \(2, 1\)"),
+            (xf, y.float(), r"y has dtype torch.float32; it must hold integer class indices"),
+            (xf, torch.tensor([0, 3]), r"must lie in 0..2")]:
+        with pytest.raises(ValueError, match=words):
+            sequence_gradients("otpe", m, xx, yy)
+    for kwargs, words in [({"beta": 1.5}, "beta=1.5 is out of range"),
+                          ({"threshold": 0}, "threshold=0 must be"),
+                          ({"slope": -1.0}, "slope=-1.0 must be")]:
+        with pytest.raises(ValueError, match=words):
+            SNN([5, 4, 3], **kwargs)
+    with pytest.raises(ValueError, match=r"sizes=\[5, 0, 3\]"):
+        SNN([5, 0, 3])
+
+
+def test_bptt_gradients_of_frozen_parameters_leave_them_frozen():
+    from otpe_cli import SNN, sequence_gradients
+
+    m = SNN([5, 4, 3], generator=torch.Generator().manual_seed(0))
+    x = (torch.rand(6, 2, 5, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    y = torch.tensor([0, 2])
+    want = sequence_gradients("bptt", m, x, y)
+    m.requires_grad_(False)
+    got = sequence_gradients("bptt", m, x, y)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not any(p.requires_grad for p in m.parameters())

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -127,11 +128,38 @@ def _remove_empty(folders: list[Path]) -> None:
             pass
 
 
+def _unpack(archive: Path, target: Path) -> None:
+    """Unpack ``target`` from ``archive`` when the archive lies there (atomically: a torn
+    unpacking leaves no half file behind); a broken archive gets a DataError naming it."""
+    import zipfile
+
+    if not archive.is_file():
+        return
+    log.info("unpacking %s", archive)
+    tmp = target.with_name(target.name + ".unpacking")
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.namelist() if Path(m).name == target.name]
+            if not members:
+                raise DataError(f"{archive} does not hold {target.name}; replace it with the "
+                                "file as downloaded, or place the unpacked .h5 beside it.")
+            with z.open(members[0]) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, target)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{archive} cannot be unpacked ({exc}); replace it with the file as "
+                        "downloaded, or place the unpacked .h5 beside it.") from None
+
+
 def locate(source: Source, root: Path, download: bool = True,
            timeout: float = 15.0) -> dict[str, Path]:
     """Paths of every split's ``.h5`` file, downloading them through tonic when absent."""
     folder = root / source.folder
     paths = {split: folder / name for split, name in source.files.items()}
+    missing = [p for p in paths.values() if not p.is_file()]
+    for path in missing:  # archives placed by hand (as downloaded), not yet unpacked
+        _unpack(path.with_name(path.name + ".zip"), path)
     missing = [p for p in paths.values() if not p.is_file()]
     if missing and not download:
         raise DataError(_not_found(source, folder, missing,
