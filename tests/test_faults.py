@@ -262,7 +262,8 @@ def refused(cfg, run_dir: Path, *words: str, full_stop: bool = True):
     (["dataset.num_classes=1"], ["dataset.num_classes=1"]),
     (["algorithm.name=sgdx"], ["algorithm.name='sgdx'"]),
     (["algorithm=bptt", "trainer.update=online"], ["trainer.update=online", "bptt"]),
-    (["encoding.name=counts"], ["encoding=counts is a code for the spike data sets", "encoding=rate"]),
+    (["encoding.name=counts"], ["encoding=counts is a code for the spike data sets",
+                                "encoding=rate"]),
 ])
 def test_out_of_range_values_are_refused(tmp_path, victim, overrides, words):
     refused(compose_cfg([*VICTIM, *overrides]), copy_of(victim, tmp_path / "run"), *words)
