@@ -150,10 +150,10 @@ def load_run(path: Path) -> Run:
     rows = read_metrics(path / METRICS_NAME)
     config = dict((summary or {}).get("config") or {})
     settings = (summary or {}).get("settings")
-    if not config or not isinstance(settings, dict):
-        hydra_config, settings_ = _config_from_hydra(path)
-        config, settings = config or hydra_config, settings if isinstance(settings, dict) \
-            else settings_
+    if not config or not isinstance(settings, dict):  # in progress, or an older summary
+        hydra_choices, hydra_settings = _config_from_hydra(path)
+        config = config or hydra_choices
+        settings = settings if isinstance(settings, dict) else hydra_settings
     final = {}
     for row in rows:  # the latest value of every metric; a summary has the last word
         final.update({k: v for k, v in row.items() if _scalar(v)})
