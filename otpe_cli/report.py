@@ -529,8 +529,9 @@ def _figure_legend(fig, order: list) -> None:
 def _colors(labels: list) -> dict:
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+    n = 10 if len(labels) <= 10 else 20  # tab20 keeps up to 20 variants apart
+    cmap = matplotlib.colormaps[f"tab{n}"]
+    return {label: cmap(i % n) for i, label in enumerate(labels)}
 
 
 def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
@@ -576,15 +577,17 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
             its, mean, std = _curve(groups.get((label, depth), []), "test/acc")
             if not its:
                 continue
+            mean, std = [100 * m for m in mean], [100 * s for s in std]  # % as in the tables
             ax.plot(its, mean, marker="o" if len(its) < 3 else None, ms=3,
                     label=_mpl_text(label), color=color[label])
             ax.fill_between(its, [m - s for m, s in zip(mean, std)],
                             [m + s for m, s in zip(mean, std)], color=color[label],
                             alpha=0.2, lw=0)
         ax.set(title=_mpl_text(f"{dataset}, depth {depth}"), xlabel="iteration",
-               ylabel="test accuracy")
+               ylabel="test accuracy (%)")
 
     # final accuracy against depth: one panel per dataset
+    scale = 100.0 if is_accuracy(metric) else 1.0  # % as in the tables
     fig, axes = _grid(plt, 1, len(datasets))
     for i, dataset in enumerate(datasets):
         ax = axes[0][i]
@@ -595,11 +598,11 @@ def write_figures(tables: Tables, metric: str, out: Path) -> list[Path]:
             points = [(d, c) for d, c in points if c is not None]
             if not points:
                 continue
-            ax.errorbar([d for d, _ in points], [c[0] for _, c in points],
-                        yerr=[c[1] or 0.0 for _, c in points], marker="o", capsize=3,
+            ax.errorbar([d for d, _ in points], [scale * c[0] for _, c in points],
+                        yerr=[scale * (c[1] or 0.0) for _, c in points], marker="o", capsize=3,
                         label=_mpl_text(label), color=color[label])
         ax.set(title=_mpl_text(dataset), xlabel="depth (spiking layers)",
-               ylabel=_mpl_text(metric))
+               ylabel=_mpl_text(_describe(metric)))
         if numeric:
             ax.set_xticks(numeric)
         ax.grid(alpha=0.3)

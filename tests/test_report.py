@@ -399,3 +399,27 @@ def test_a_run_with_an_undefined_mean_cosine_is_named_in_the_notes(tmp_path):
     assert any(n.startswith(f"{tmp_path / 'runs' / 'zero_grad'}: its align_mean/cos/global "
                             "is not finite") for n in written["notes"])
     assert "| otpe | 0.900 (1) |" in written["markdown"].read_text()
+
+
+def test_figures_plot_accuracies_in_percent_and_keep_many_variants_apart(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from otpe_cli.report import _colors
+
+    for seed in (0, 1):
+        _fake_run(tmp_path / "runs" / f"s{seed}", acc=0.5, rows=_curve_rows(4), seed=seed)
+    saved = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append((fig.axes[0].get_ylabel(),
+                      [line.get_ydata() for line in fig.axes[0].get_lines()]))
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    make_report([tmp_path / "runs"], tmp_path / "out")
+    (curve_label, curves), (depth_label, points) = saved[0], saved[1]
+    assert curve_label == "test accuracy (%)" and max(curves[0]) == pytest.approx(50.0)
+    assert depth_label == "test/acc in %" and list(points[0]) == pytest.approx([50.0])
+    labels = [f"alg{i}" for i in range(14)]
+    assert len(set(_colors(labels).values())) == 14
