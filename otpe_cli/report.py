@@ -34,6 +34,8 @@ from pathlib import Path
 from .logs import METRICS_NAME, SUMMARY_NAME, read_metrics
 
 PROG = "otpe-report"
+#: otpe-train's log in a run directory: there from the start, before any metric
+RUN_LOG = "otpe-train.log"
 DEFAULT_METRIC = "test/acc"
 #: config choices of a run (summary.json "config"), and where .hydra/config.yaml keeps them
 CHOICES = {
@@ -56,6 +58,10 @@ SKIP_DIRS = {"wandb", ".submitit", ".hydra", "__pycache__"}
 FIGURES = ("test_acc_vs_iter.png", "final_acc_vs_depth.png", "alignment_per_layer.png")
 #: statuses of a run that has results, but not final ones: in the CSV and the curves, not the means
 PARTIAL = ("in progress", "interrupted")
+#: a run directory with only its log: stopped during start-up, or still starting
+NO_RESULTS = "no results"
+#: statuses with nothing to show in the CSV, tables or figures (the notes list them)
+LISTED_ONLY = ("failed", NO_RESULTS)
 
 
 def _count(n: int, noun: str) -> str:
@@ -108,7 +114,7 @@ def find_run_dirs(roots: list[Path], skip: Path | None = None) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
                                  and (skip is None or here / d != skip)
                                  and (here / d).resolve() not in seen)
-            if SUMMARY_NAME in filenames or METRICS_NAME in filenames:
+            if SUMMARY_NAME in filenames or METRICS_NAME in filenames or RUN_LOG in filenames:
                 found.add(here.resolve())
     return sorted(found, key=_natural)
 
@@ -164,7 +170,7 @@ def load_run(path: Path) -> Run:
         final.update({k: v for k, v in summary.items()
                       if k not in ("config", "status", "error") and _scalar(v)})
     else:
-        status = "failed" if error else "in progress"
+        status = "failed" if error else "in progress" if rows else NO_RESULTS
     return Run(path, status, config, final, rows, error, settings)
 
 
@@ -209,9 +215,9 @@ class Tables:
         # refused (depth 0, a negative lr, a misspelt update, an unresolved "${...}"): in the
         # tables it would add columns and rows of its own. It is only listed (status_notes).
         self.usable = [r for r in self.runs
-                       if r.status != "failed" and r.config.get("dataset") is not None]
+                       if r.status not in LISTED_ONLY and r.config.get("dataset") is not None]
         for r in self.runs:
-            if r.status != "failed" and r.config.get("dataset") is None:
+            if r.status not in LISTED_ONLY and r.config.get("dataset") is None:
                 self.notes.append(f"{r.path}: no config found (no summary.json config and no "
                                   ".hydra/config.yaml); left out of the tables and figures.")
         by_dataset = defaultdict(list)
@@ -323,6 +329,12 @@ def status_notes(runs: list, metric: str) -> list[str]:
         notes.append(f"{len(running)} run(s) in progress or stopped (metrics.jsonl without "
                      "summary.json), left out of the means; their latest values are in the CSV:")
         notes += [_progress(r) for r in running]
+    empty = [r for r in runs if r.status == NO_RESULTS]
+    if empty:
+        notes.append(f"{len(empty)} run director{'y' if len(empty) == 1 else 'ies'} with no "
+                     "results (stopped during start-up, before the first logged iteration, or "
+                     "still starting; the same command starts it again):")
+        notes += [f"  {r.path}" for r in empty]
     missing = [r for r in runs if r.status == "finished" and _number(r.final.get(metric)) is None]
     for r in missing:
         notes.append(f"{r.path}: finished without a finite {metric}; left out of the means.")
@@ -687,7 +699,7 @@ def make_report(dirs: list, out: Path | None = None, metric: str = DEFAULT_METRI
         raise ReportError(f"no runs found in {', '.join(map(str, roots))}: a run directory "
                           f"holds {SUMMARY_NAME} or {METRICS_NAME} (otpe-train writes them).")
     runs = [load_run(p) for p in run_dirs]
-    present = {k for r in runs if r.status != "failed" for k in r.final}
+    present = {k for r in runs if r.status not in LISTED_ONLY for k in r.final}
     if metric != DEFAULT_METRIC and metric not in present:
         near = difflib.get_close_matches(metric, sorted(present), n=1, cutoff=0.6)
         raise ReportError(f"no run has the metric {metric!r}" +
@@ -700,7 +712,7 @@ def make_report(dirs: list, out: Path | None = None, metric: str = DEFAULT_METRI
         raise ReportError(f"cannot create the output folder {out} ({exc.strerror}).") from None
     tables = Tables(runs)
     notes = tables.notes + status_notes(runs, metric)
-    results = [r for r in runs if r.status != "failed"]
+    results = [r for r in runs if r.status not in LISTED_ONLY]
     if not tables.usable:
         notes.append("no run with results (every run failed or has no config); the tables "
                      "and figures are empty.")

@@ -423,3 +423,17 @@ def test_figures_plot_accuracies_in_percent_and_keep_many_variants_apart(tmp_pat
     assert depth_label == "test/acc in %" and list(points[0]) == pytest.approx([50.0])
     labels = [f"alg{i}" for i in range(14)]
     assert len(set(_colors(labels).values())) == 14
+
+
+def test_a_run_stopped_during_start_up_is_listed(tmp_path):
+    """Killed before its first logged iteration, a run directory holds only its log (and
+    Hydra's pending files): listed in the notes, not silently skipped, and not in the CSV."""
+    _fake_run(tmp_path / "runs" / "done", seed=0)
+    early = tmp_path / "runs" / "early"
+    (early / ".hydra" / "pending").mkdir(parents=True)
+    (early / "otpe-train.log").write_text("")
+    written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
+    assert any("1 run directory with no results" in n for n in written["notes"])
+    assert f"  {early}" in written["notes"]
+    assert [r["run"] for r in read_csv(written["csv"])] == [str(tmp_path / "runs" / "done")]
+    assert "| otpe | 50.00 (1) |" in written["markdown"].read_text()
