@@ -135,6 +135,12 @@ def settings(cfg) -> dict:
 
     fp = fingerprint(cfg)
     fp["encoding"] = {"name": fp["encoding"]}
+    a = fp["algorithm"]
+    if a.get("readout") is None:  # the algorithm's own logits: the same run as naming them
+        try:
+            a["readout"] = build_algorithm(a["name"]).readout
+        except (KeyError, ValueError):
+            pass
     return flat(fp, "")
 
 

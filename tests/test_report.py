@@ -437,3 +437,15 @@ def test_a_run_stopped_during_start_up_is_listed(tmp_path):
     assert f"  {early}" in written["notes"]
     assert [r["run"] for r in read_csv(written["csv"])] == [str(tmp_path / "runs" / "done")]
     assert "| otpe | 50.00 (1) |" in written["markdown"].read_text()
+
+
+def test_settings_name_the_algorithm_s_own_readout():
+    """readout left null means the algorithm's own logits: the same experiment as naming
+    them, so the report must not split such runs."""
+    from conftest import compose_cfg
+    from otpe_cli.trainer import settings
+
+    assert settings(compose_cfg([])) == settings(compose_cfg(["algorithm.readout=spikes"]))
+    assert settings(compose_cfg(["algorithm=f_otpe"]))["algorithm.readout"] == "trace"
+    assert settings(compose_cfg(["algorithm=bptt", "algorithm.readout=trace"])) != \
+        settings(compose_cfg(["algorithm=bptt"]))
