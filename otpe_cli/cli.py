@@ -50,9 +50,17 @@ class FailedJobs(Callback):
                 continue
             if isinstance(summary, dict) and summary.get("status") == "failed":
                 failed.append(f"  {path.parent}: {summary.get('error', 'no reason recorded')}")
+        for path in sorted(sweep_dir.glob(f"*/{BUSY_NAME}")):  # jobs refused: in use
+            try:
+                if path.stat().st_mtime >= getattr(self, "started", 0.0):
+                    failed.append(f"  {path.parent}: {path.read_text().strip()}")
+                path.unlink()
+            except OSError:
+                continue
         if failed:
             print(f"otpe-train: error: {len(failed)} job(s) of the sweep in {sweep_dir} failed "
-                  "(each one's summary.json says why; any other job kept its results):",
+                  "(each one's summary.json says why, or it was in use by another "
+                  "otpe-train; any other job kept its results):",
                   file=sys.stderr)
             print("\n".join(failed), file=sys.stderr)
             raise SystemExit(1)
@@ -227,6 +235,7 @@ def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool)
 
 
 LOCK_NAME = ".otpe-train.lock"
+BUSY_NAME = ".otpe-train.busy"  # a sweep's job refused because its directory was in use
 
 
 class RunDirBusy(RuntimeError):
@@ -354,9 +363,13 @@ def _hydra_main(cfg):
             PENDING_STOP.append(exc.signum)
             return None
         raise SystemExit(128 + exc.signum)
-    except RunDirBusy as exc:  # the directory is the other process's: record nothing there
+    except RunDirBusy as exc:  # the directory is the other process's: no summary there
         print(f"otpe-train: error: {exc}", file=sys.stderr)
-        if multirun:
+        if multirun:  # a mark beside the other's files, for FailedJobs to count and remove
+            try:
+                (run_dir / BUSY_NAME).write_text(f"{exc}\n")
+            except OSError:
+                pass
             return None
         raise SystemExit(2)
     except (*USER_ERRORS, NonFiniteError) as exc:

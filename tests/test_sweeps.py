@@ -54,6 +54,25 @@ def test_basic_launcher_sweep_keeps_the_good_job_when_one_fails(tmp_path, cli):
     assert "trainer.update=online is not defined" in res.stderr
 
 
+def test_a_sweep_job_whose_directory_is_in_use_is_named_and_the_sweep_exits_1(tmp_path, cli):
+    """A sweep run again while its first run still trains one of its jobs: that job is
+    refused (its directory is the other process's), the others run, and the sweep ends with
+    exit 1 naming it; no mark is left behind."""
+    from otpe_cli.cli import BUSY_NAME, run_dir_lock
+
+    sweep = tmp_path / "sweep"
+    busy = sweep / "0_ottt_d3_s0"
+    with run_dir_lock(busy):  # as the earlier sweep's process holds it
+        res = cli(["-m", *TINY_SWEEP, "algorithm=ottt,otpe", f"hydra.sweep.dir={sweep}"],
+                  cwd=tmp_path)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert f"otpe-train: error: 1 job(s) of the sweep in {sweep} failed" in res.stderr
+    assert f"  {busy}: the run directory {busy} is in use by another otpe-train" in res.stderr
+    assert not (busy / "summary.json").exists() and not (busy / BUSY_NAME).exists()
+    assert summary(sweep / "1_otpe_d3_s0")["status"] == "finished"
+
+
 def test_joblib_sweep_runs_parallel_jobs_and_survives_a_failure(tmp_path, cli):
     sweep = tmp_path / "sweep"
     res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, "hydra/launcher=local_parallel",
