@@ -212,26 +212,34 @@ class _SubmititHandover:
 
 #: where conf/config.yaml has Hydra write a job's config files first (hydra.output_subdir)
 PENDING_HYDRA_DIR = ".hydra/pending"
+# Each process gets a folder of its own under .hydra/pending (hydra.output_subdir is
+# .hydra/pending/${otpe_pid:}): a second otpe-train refused on a directory in use must not
+# overwrite the first one's files there before the first one moves them up.
+OmegaConf.register_new_resolver("otpe_pid", os.getpid, replace=True)
 
 
-def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool) -> None:
-    """Move Hydra's config files for this job from .hydra/pending up into .hydra/ when the run
-    was accepted, or when .hydra/ holds none yet (a new run that failed keeps the config it
-    failed with); otherwise drop them, so that a refused rerun leaves the run's record as it
-    was. Does nothing when the user points hydra.output_subdir elsewhere."""
-    if output_subdir != PENDING_HYDRA_DIR:
+def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool,
+                       keep_if_first: bool = True) -> None:
+    """Move Hydra's config files for this job from its folder under .hydra/pending up into
+    .hydra/ when the run was accepted, or when .hydra/ holds none yet and ``keep_if_first``
+    (a new run that failed keeps the config it failed with); otherwise drop them, so that a
+    refused rerun leaves the run's record as it was. Does nothing when the user points
+    hydra.output_subdir elsewhere."""
+    if not output_subdir or Path(output_subdir).parent != Path(PENDING_HYDRA_DIR):
         return
-    pending = run_dir / PENDING_HYDRA_DIR
+    pending = run_dir / output_subdir
     if not pending.is_dir():
         return
-    target = pending.parent
+    target = run_dir / Path(PENDING_HYDRA_DIR).parent
     try:
-        if accepted or not (target / "config.yaml").exists():
+        if accepted or (keep_if_first and not (target / "config.yaml").exists()):
             for path in pending.iterdir():
                 os.replace(path, target / path.name)
         shutil.rmtree(pending, ignore_errors=True)
+        pending.parent.rmdir()  # .hydra/pending, unless another process's folder is there
     except OSError as exc:
-        log.warning("could not move Hydra's config files out of %s (%s)", pending, exc)
+        if pending.exists():
+            log.warning("could not move Hydra's config files out of %s (%s)", pending, exc)
 
 
 LOCK_NAME = ".otpe-train.lock"
@@ -365,6 +373,7 @@ def _hydra_main(cfg):
         raise SystemExit(128 + exc.signum)
     except RunDirBusy as exc:  # the directory is the other process's: no summary there
         print(f"otpe-train: error: {exc}", file=sys.stderr)
+        settle_hydra_files(run_dir, hc.output_subdir, accepted=False, keep_if_first=False)
         if multirun:  # a mark beside the other's files, for FailedJobs to count and remove
             try:
                 (run_dir / BUSY_NAME).write_text(f"{exc}\n")

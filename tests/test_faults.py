@@ -619,8 +619,11 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
 
     run_dir = tmp_path / "run"
     args = ["debug=quick", "trainer.iterations=2", f"hydra.run.dir={run_dir}"]
+    first = run_dir / ".hydra" / "pending" / "99999"  # the first one's, not yet moved up
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_text("# the first run's config\n")
     with run_dir_lock(run_dir):  # as the first process holds it while it trains
-        res = cli(args, cwd=tmp_path)
+        res = cli([*args, "trainer.seed=5"], cwd=tmp_path)
         assert res.returncode == 2, res.stderr[-3000:]
         assert res.stderr.strip().splitlines()[-1] == (
             f"otpe-train: error: the run directory {run_dir} is in use by another otpe-train "
@@ -628,6 +631,11 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
             "and run this again to resume.")
         assert not (run_dir / "summary.json").exists()  # no "failed" record in its directory
         assert not (run_dir / "metrics.jsonl").exists() and (run_dir / LOCK_NAME).exists()
+        # Hydra's files: the first one's left as they were, none of the refused one's kept
+        assert (first / "config.yaml").read_text() == "# the first run's config\n"
+        assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["pending"]
+        assert [p.name for p in (run_dir / ".hydra" / "pending").iterdir()] == ["99999"]
+    shutil.rmtree(run_dir / ".hydra")
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
