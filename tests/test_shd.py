@@ -466,11 +466,43 @@ def test_archives_placed_by_hand_are_unpacked_without_the_network(tmp_path, no_n
     for path in src.values():
         assert (folder / path.name).read_bytes() == path.read_bytes()
     assert len(data.splits["test"][1]) == 12 and not no_network
-    assert not list(folder.glob("*.unpacking"))
+    assert not list(folder.glob("*.unpacking*"))
 
     broken = tmp_path / "broken" / "SHD"
     broken.mkdir(parents=True)
     (broken / "shd_train.h5.zip").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"shd_train\.h5\.zip cannot be unpacked"):
         load(tmp_path / "broken", download=False)
-    assert not list(broken.glob("*.unpacking")) and not (broken / "shd_train.h5").exists()
+    assert not list(broken.glob("*.unpacking*")) and not (broken / "shd_train.h5").exists()
+
+
+def test_jobs_unpacking_the_same_archive_together_all_read_it_whole(tmp_path):
+    """Parallel jobs may find the .h5 missing at once: each unpacks to a file of its own and
+    renames it into place, so none reads a half-written file."""
+    import threading
+    import zipfile
+
+    from otpe_cli.data.shd import _unpack
+
+    src = tmp_path / "big.h5"
+    src.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    archive = tmp_path / "data" / "big.h5.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(src, "big.h5")
+    target, errors = archive.with_name("big.h5"), []
+
+    def job():
+        try:
+            _unpack(archive, target)
+            assert target.read_bytes() == src.read_bytes()
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and target.read_bytes() == src.read_bytes()
+    assert not list(archive.parent.glob("*.unpacking*"))

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,14 +130,16 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _unpack(archive: Path, target: Path) -> None:
-    """Unpack ``target`` from ``archive`` when the archive lies there (atomically: a torn
-    unpacking leaves no half file behind); a broken archive gets a DataError naming it."""
+    """Unpack ``target`` from ``archive`` when the archive lies there; a broken archive gets a
+    DataError naming it. Atomic and safe for jobs starting together: each process (and
+    thread) unpacks to a file of its own and renames it into place, so a reader never meets a
+    half file."""
     import zipfile
 
     if not archive.is_file():
         return
     log.info("unpacking %s", archive)
-    tmp = target.with_name(target.name + ".unpacking")
+    tmp = target.with_name(f"{target.name}.unpacking-{os.getpid()}-{threading.get_ident()}")
     try:
         with zipfile.ZipFile(archive) as z:
             members = [m for m in z.namelist() if Path(m).name == target.name]
