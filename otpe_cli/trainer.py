@@ -409,6 +409,7 @@ class Trainer:
         self.logger.metrics.truncate_after(self.iteration)  # rows after the checkpoint go
         self.logger.drop_interrupted_summary()  # this run is under way again
         ckpt.remove_stale_temporaries(self.checkpoint_path)
+        self.data.prepare()  # a test set drawn on first use is not the first iteration's time
         previous = {}
         if threading.current_thread() is threading.main_thread():  # (signals need it)
             previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}

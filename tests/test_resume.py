@@ -327,6 +327,25 @@ def test_a_finished_run_answers_without_drawing_its_data(make_cfg, tmp_path, bas
         run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
 
 
+def test_the_test_set_drawn_on_first_use_is_not_timed_as_iteration_1(make_cfg, tmp_path,
+                                                                      monkeypatch):
+    from otpe_cli.data.randman import Randman
+
+    real = Randman._prepare
+
+    def slow(self):
+        if self._splits is None:
+            time.sleep(1.0)
+        return real(self)
+
+    monkeypatch.setattr(Randman, "_prepare", slow)
+    monkeypatch.setattr(Randman, "prepare", slow)
+    monkeypatch.setattr(Randman, "splits", property(slow))
+    run(make_cfg([*ARGS, "trainer.iterations=2", "trainer.log_every=1"]), tmp_path / "run")
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert first["iter"] == 1 and first["time/iter_s"] < 1.0
+
+
 def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
     """Raising trainer.iterations continues a finished run from its checkpoint."""
     run_dir = tmp_path / "run"

@@ -24,6 +24,10 @@ class SpikeDataset:
     def train_batch(self, batch_size: int, generator: torch.Generator):
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Make whatever is drawn or loaded on first use now (training calls it before its
+        clock starts, so the first iteration's time is the iteration's)."""
+
     @property
     def train_size(self) -> int | None:
         """Number of training samples, or None for a generator with unlimited fresh samples."""

@@ -111,6 +111,7 @@ class Randman(SpikeDataset):
         return self._splits
 
     splits = property(_prepare)
+    prepare = _prepare
 
     def sample(self, n: int, generator: torch.Generator):
         """n fresh samples from the same manifolds: (x (T, n, M) uint8, y (n,))."""
