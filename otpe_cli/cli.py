@@ -330,7 +330,7 @@ def _hydra_main(cfg):
         log.warning("this config sweeps over %s, but without -m only one job runs (%s); add "
                     "-m to run the whole sweep", ", ".join(sweeps),
                     ", ".join(f"{k}={v}" for k, v in chosen.items()))
-    ignored = ignored_logger_keys(cfg)
+    ignored = ignored_logger_keys(cfg, list(hc.overrides.task))
     if ignored:
         log.warning("%s set, but W&B is off: add logger=wandb to log to W&B", ", ".join(ignored))
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes

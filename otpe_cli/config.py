@@ -191,13 +191,15 @@ def _no_added_keys(cfg) -> None:
                           "with '+'? otpe-train --help lists every key).")
 
 
-def ignored_logger_keys(cfg) -> list[str]:
-    """W&B settings given a value while W&B is off (logger=none), which would go unused."""
+def ignored_logger_keys(cfg, overrides: list[str]) -> list[str]:
+    """W&B settings given on the command line (``overrides``: Hydra's task overrides) while
+    W&B is off (logger=none), which would go unused. (Presets may set them for the case
+    logger=wandb is chosen: those are not the user's doing.)"""
     if cfg.logger.name != "none":
         return []
-    default = LoggerConfig()
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     return [f"logger.{key}" for key in ("project", "entity", "group", "tags", "run_name")
-            if key in cfg.logger and cfg.logger[key] != getattr(default, key)]
+            if f"logger.{key}" in given]
 
 
 def validate(cfg) -> None:

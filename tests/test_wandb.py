@@ -329,10 +329,14 @@ def test_a_bad_wandb_mode_in_the_environment_is_named_as_such(monkeypatch):
 def test_wandb_settings_without_wandb_are_named():
     from otpe_cli.config import ignored_logger_keys
 
-    assert ignored_logger_keys(compose_cfg([])) == []
-    assert ignored_logger_keys(compose_cfg(["logger.project=p", "logger.tags=[a]"])) == [
-        "logger.project", "logger.tags"]
-    assert ignored_logger_keys(compose_cfg(["logger=wandb", "logger.project=p"])) == []
+    given = ["logger.project=p", "logger.tags=[a]"]
+    assert ignored_logger_keys(compose_cfg([]), []) == []
+    assert ignored_logger_keys(compose_cfg(given), given) == ["logger.project", "logger.tags"]
+    assert ignored_logger_keys(compose_cfg(["logger=wandb", *given]),
+                               ["logger=wandb", *given]) == []
+    preset = ["experiment=randman_compare"]  # sets logger.tags, for when W&B is chosen
+    assert compose_cfg(preset).logger.tags and ignored_logger_keys(compose_cfg(preset),
+                                                                    preset) == []
 
 
 def test_run_name_and_group_defaults():
