@@ -700,8 +700,9 @@ def make_report(dirs: list, out: Path | None = None, metric: str = DEFAULT_METRI
                           f"holds {SUMMARY_NAME} or {METRICS_NAME} (otpe-train writes them).")
     runs = [load_run(p) for p in run_dirs]
     present = {k for r in runs if r.status not in LISTED_ONLY for k in r.final}
-    if metric != DEFAULT_METRIC and metric not in present:
-        near = difflib.get_close_matches(metric, sorted(present), n=1, cutoff=0.6)
+    if metric not in present and metric not in CSV_METRICS:  # (a known one: noted below)
+        near = difflib.get_close_matches(metric, sorted(present | set(CSV_METRICS)), n=1,
+                                         cutoff=0.6)
         raise ReportError(f"no run has the metric {metric!r}" +
                           (f" (did you mean {near[0]}?)" if near else "") +
                           f"; results.csv lists the metrics, --metric {DEFAULT_METRIC} is the "
@@ -717,8 +718,10 @@ def make_report(dirs: list, out: Path | None = None, metric: str = DEFAULT_METRI
         notes.append("no run with results (every run failed or has no config); the tables "
                      "and figures are empty.")
     elif metric not in {k for r in tables.usable for k in r.final}:
-        notes.append(f"no run has the metric {metric!r}; the tables are empty (see the CSV "
-                     "for the metric names).")
+        why = (" (validation metrics exist only for data sets with a validation split: SHD, "
+               "SSC)" if "val" in metric else "")
+        notes.append(f"no run has the metric {metric!r}{why}; the tables are empty (see the "
+                     "CSV for the metric names).")
     written = {"csv": out / "results.csv", "markdown": out / "results.md", "figures": []}
     try:
         write_csv(results, written["csv"])

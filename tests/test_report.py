@@ -386,6 +386,11 @@ def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_pa
     assert ("otpe-report: error: no run has the metric 'test/acc_typo' (did you mean "
             "test/acc?)") in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+    # a metric otpe-train writes, which these runs lack (no validation split): noted, not refused
+    written = make_report([tmp_path / "runs"], tmp_path / "o3", figures=False,
+                          metric="best/val_acc")
+    assert any("no run has the metric 'best/val_acc' (validation metrics exist only for data "
+               "sets with a validation split" in n for n in written["notes"])
 
 
 def test_a_run_with_an_undefined_mean_cosine_is_named_in_the_notes(tmp_path):
