@@ -156,6 +156,12 @@ class Algorithm:
         return Algorithm("bptt", self.readout)
 
 
+def uses_bias_trace(name: str) -> bool:
+    """Whether ``algorithm.bias_trace`` changes anything in algorithm ``name``: it has an OTTT
+    or A-OTPE rule (a FactorisedRule) at some layer."""
+    return any(issubclass(RULES[rule], FactorisedRule) for rule in COMPOSITES.get(name, ())[:2])
+
+
 def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = False) -> Algorithm:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -166,11 +172,8 @@ def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = Fa
     if name != "bptt" and readout != COMPOSITES[name][2]:
         raise ValueError(f"algorithm {name!r} is defined with {COMPOSITES[name][2]!r} logits, "
                          f"not {readout!r} (SPEC §2)")
-    if bias_trace and not any(issubclass(RULES[rule], FactorisedRule)
-                              for rule in COMPOSITES.get(name, ("", ""))[:2] if rule):
-        with_it = ", ".join(n for n, (h, o, _) in COMPOSITES.items()
-                            if issubclass(RULES[h], FactorisedRule)
-                            or issubclass(RULES[o], FactorisedRule))
+    if bias_trace and not uses_bias_trace(name):
+        with_it = ", ".join(n for n in COMPOSITES if uses_bias_trace(n))
         raise ValueError(f"algorithm.bias_trace=true changes only the OTTT and A-OTPE rules' "
                          f"bias gradients, and {name} uses neither (so it would change "
                          f"nothing); it applies to {with_it}.")

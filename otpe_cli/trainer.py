@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from . import checkpoint as ckpt
-from .algorithms import build_algorithm
+from .algorithms import build_algorithm, uses_bias_trace
 from .alignment import alignment
 from .data import build_dataset
 from .logs import RunLogger, SUMMARY_NAME, read_metrics
@@ -220,7 +220,12 @@ class Trainer:
         never changed here)."""
         path = self.checkpoint_path
         state = ckpt.load(path)
-        ckpt.compare_fingerprints(state["fingerprint"], fingerprint(self.cfg), path)
+        saved = dict(state["fingerprint"])
+        algorithm = dict(saved.get("algorithm") or {})
+        if algorithm.get("bias_trace") and not uses_bias_trace(algorithm.get("name")):
+            # made before bias_trace was refused where it changes nothing: it changed nothing
+            saved["algorithm"] = {**algorithm, "bias_trace": False}
+        ckpt.compare_fingerprints(saved, fingerprint(self.cfg), path)
         try:
             iteration = int(state["iteration"])
             self.model.load_state_dict(state["model"])

@@ -346,6 +346,19 @@ def test_the_test_set_drawn_on_first_use_is_not_timed_as_iteration_1(make_cfg, t
     assert first["iter"] == 1 and first["time/iter_s"] < 1.0
 
 
+def test_a_checkpoint_with_a_bias_trace_that_changed_nothing_resumes(make_cfg, tmp_path,
+                                                                     baseline):
+    """Runs made before bias_trace was refused for algorithms without an OTTT / A-OTPE rule
+    (here otpe) carry bias_trace=true in their fingerprint; it changed nothing, so they resume
+    without it instead of being refused both ways."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state["fingerprint"]["algorithm"]["bias_trace"] = True
+    torch.save(state, run_dir / "checkpoint.pt")
+    assert run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)["iter"] == 44
+
+
 def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
     """Raising trainer.iterations continues a finished run from its checkpoint."""
     run_dir = tmp_path / "run"
