@@ -241,7 +241,8 @@ class Tables:
         extras = self.extras.get(run.get("dataset"), [])
         if not extras:
             return str(run.get("algorithm"))
-        return f"{run.get('algorithm')} [" + ", ".join(f"{k}={run.get(k)}" for k in extras) + "]"
+        return f"{run.get('algorithm')} [" + ", ".join(f"{k}={_shown(run, k)}"
+                                                      for k in extras) + "]"
 
     def groups(self, dataset, statuses=("finished",)) -> dict:
         """{(label, depth): [runs]} for one dataset."""
@@ -266,6 +267,15 @@ class Tables:
             return None
         mean, std = mean_std(values)
         return mean, std, len(values)
+
+
+def _shown(run: Run, key) -> str:
+    """A choice or setting as a row label shows it: "?" where the run does not record it
+    (an old run without settings or .hydra/), floats to 6 digits."""
+    if key not in run.config and key not in run.settings:
+        return "?"
+    value = run.get(key)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def setting_keys(runs: list) -> list[str]:
@@ -366,7 +376,7 @@ def write_csv(runs: list, path: Path) -> None:
     metrics = [m for m in CSV_METRICS if m in present]
     metrics += sorted(present - set(metrics) - {"iter"})
     differing = [k for k in setting_keys(runs)  # settings that tell these runs apart
-                 if len({json.dumps(r.settings.get(k)) for r in runs}) > 1]
+                 if len({json.dumps(r.settings[k]) for r in runs if k in r.settings}) > 1]
     header = ["run", "status", *CHOICES, *differing, "iter", *metrics]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

@@ -454,3 +454,19 @@ def test_settings_name_the_algorithm_s_own_readout():
     assert settings(compose_cfg(["algorithm=f_otpe"]))["algorithm.readout"] == "trace"
     assert settings(compose_cfg(["algorithm=bptt", "algorithm.readout=trace"])) != \
         settings(compose_cfg(["algorithm=bptt"]))
+
+
+def test_row_labels_show_settings_briefly_and_unknown_ones_as_a_question_mark(tmp_path):
+    for name, beta in (("a", 0.9525741268224334), ("b", 0.5), ("bare", None)):
+        _fake_run(tmp_path / "runs" / name)
+        if beta is not None:  # "bare": an old run with neither settings nor .hydra/
+            path = tmp_path / "runs" / name / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["settings"] = {"model.beta": beta, "model.slope": 25.0}
+            path.write_text(json.dumps(summary))
+    written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
+    md = written["markdown"].read_text()
+    for label in ("otpe [model.beta=0.952574]", "otpe [model.beta=0.5]", "otpe [model.beta=?]"):
+        assert f"| {label} | 50.00 (1) |" in md, label
+    header = list(read_csv(written["csv"])[0])
+    assert "model.beta" in header and "model.slope" not in header  # only what differs
