@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .snn import DEFAULT_BETA
+from .snn import DEFAULT_BETA, neuron_problem
 
 
 class ConfigError(ValueError):
@@ -214,10 +214,9 @@ def validate(cfg) -> None:
     _choice("trainer.update", t["update"], ("offline", "online"))  # optimizer.lr may read it
     _positive("model.depth", m.depth)
     _positive("model.width", m.width)
-    _positive("model.threshold", m.threshold)
-    _positive("model.slope", m.slope)
-    if not 0.0 <= m.beta < 1.0:
-        raise ConfigError(f"model.beta={m.beta} is out of range: the leak must lie in [0, 1).")
+    problem = neuron_problem(m.beta, m.threshold, m.slope, prefix="model.")
+    if problem:
+        raise ConfigError(f"{problem}.")
     _choice("algorithm.name", a.name, ALGORITHMS)
     if a.readout is not None:
         _choice("algorithm.readout", a.readout, ("spikes", "trace"))

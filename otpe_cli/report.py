@@ -224,9 +224,8 @@ class Tables:
         for r in self.usable:
             by_dataset[r.get("dataset")].append(r)
         for dataset, runs in by_dataset.items():
-            keys = [k for k in [*CHOICES, *setting_keys(runs)] if k not in (*TABLE_KEYS, "seed")
-                    and len({json.dumps(r.get(k)) for r in runs
-                             if k in CHOICES or k in r.settings}) > 1]
+            keys = [k for k in differing(runs, [*CHOICES, *setting_keys(runs)])
+                    if k not in (*TABLE_KEYS, "seed")]
             self.extras[dataset] = keys
             if keys:
                 self.notes.append(
@@ -285,10 +284,15 @@ def setting_keys(runs: list) -> list[str]:
     return sorted(keys)
 
 
+def differing(runs: list, keys: list) -> list:
+    """The keys (choices or settings) whose values differ between the runs that record them."""
+    return [k for k in keys if len({json.dumps(r.get(k)) for r in runs
+                                    if k in CHOICES or k in r.settings}) > 1]
+
+
 def experiment(run: Run) -> tuple:
     """What makes runs the same experiment: every choice and setting except the seed."""
-    return tuple(json.dumps(run.get(k)) for k in
-                 [*CHOICES, *sorted(k for k in run.settings if k not in CHOICES.values())]
+    return tuple(json.dumps(run.get(k)) for k in [*CHOICES, *setting_keys([run])]
                  if k != "seed")
 
 
@@ -375,14 +379,13 @@ def write_csv(runs: list, path: Path) -> None:
     present = set().union(*(r.final.keys() for r in runs))
     metrics = [m for m in CSV_METRICS if m in present]
     metrics += sorted(present - set(metrics) - {"iter"})
-    differing = [k for k in setting_keys(runs)  # settings that tell these runs apart
-                 if len({json.dumps(r.settings[k]) for r in runs if k in r.settings}) > 1]
-    header = ["run", "status", *CHOICES, *differing, "iter", *metrics]
+    apart = differing(runs, setting_keys(runs))  # the settings that tell these runs apart
+    header = ["run", "status", *CHOICES, *apart, "iter", *metrics]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in runs:
-            writer.writerow([str(r.path), r.status, *(r.get(k) for k in [*CHOICES, *differing]),
+            writer.writerow([str(r.path), r.status, *(r.get(k) for k in [*CHOICES, *apart]),
                              r.iteration, *(r.final.get(m) for m in metrics)])
 
 

@@ -130,6 +130,17 @@ class StepCrossEntropy:
         return -float((self._logp_sum * self.onehot).sum()) / (self.batch * self.steps)
 
 
+def neuron_problem(beta, threshold: float, slope: float, prefix: str = "") -> str | None:
+    """What is out of range in the LIF constants (SPEC §1), or None; ``prefix`` names them as
+    the config does (``model.``)."""
+    if not 0.0 <= beta < 1.0:
+        return f"{prefix}beta={beta} is out of range: the leak must lie in [0, 1)"
+    for name, value in (("threshold", threshold), ("slope", slope)):
+        if not 0.0 < value < math.inf:
+            return f"{prefix}{name}={value} must be a finite number greater than zero"
+    return None
+
+
 def _is_size(n) -> bool:
     """An integer ≥ 1 (Python's, NumPy's or a 0-d integer tensor's), not a bool."""
     try:
@@ -158,11 +169,9 @@ class SNN(nn.Module):
         if not all(_is_size(n) for n in sizes):
             raise ValueError(f"sizes={list(sizes)}: every layer size must be an integer ≥ 1")
         sizes = [operator.index(n) for n in sizes]
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta={beta} is out of range: the leak must lie in [0, 1)")
-        for name, value in (("threshold", threshold), ("slope", slope)):
-            if not 0.0 < value < math.inf:
-                raise ValueError(f"{name}={value} must be a finite number greater than zero")
+        problem = neuron_problem(beta, threshold, slope)
+        if problem:
+            raise ValueError(problem)
         self.sizes = list(sizes)
         self.beta, self.threshold, self.slope = float(beta), float(threshold), float(slope)
         self.layers = nn.ModuleList(
