@@ -86,10 +86,10 @@ BASE_CONFIG = {"dataset": "randman", "encoding": "rate", "algorithm": "otpe", "d
 
 
 def _fake_run(path: Path, status="finished", acc=0.5, rows=(),
-              error="non-finite loss or gradient at iteration 3", **config) -> None:
+              error="non-finite loss or gradient at iteration 3", extra=None, **config) -> None:
     """A run directory as otpe-train leaves it: summary.json ("finished", "failed" with an
-    error, or "interrupted": the finished keys at the last checkpoint) and, given ``rows``,
-    metrics.jsonl."""
+    error, or "interrupted": the finished keys at the last checkpoint; ``extra`` keys on top)
+    and, given ``rows``, metrics.jsonl."""
     path.mkdir(parents=True)
     summary = {"status": status, "config": {**BASE_CONFIG, **config}}
     if status == "failed":
@@ -97,6 +97,7 @@ def _fake_run(path: Path, status="finished", acc=0.5, rows=(),
     else:
         summary.update({"test/acc": acc, "iter": rows[-1]["iter"] if rows else 10,
                         "align_mean/cos/global": 0.9})
+    summary.update(extra or {})
     (path / "summary.json").write_text(json.dumps(summary))
     if rows:
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -346,10 +347,8 @@ def test_runs_that_differ_in_any_setting_get_rows_of_their_own(tmp_path):
     .hydra/config.yaml."""
     base = {"model.beta": 0.95, "dataset.num_steps": 50, "trainer.seed": 0}
     for name, acc, steps in (("t10", 0.2, 10), ("t50", 0.6, 50)):
-        _fake_run(tmp_path / "runs" / name, acc=acc)
-        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
-        summary["settings"] = {**base, "dataset.num_steps": steps}
-        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(summary))
+        _fake_run(tmp_path / "runs" / name, acc=acc,
+                  extra={"settings": {**base, "dataset.num_steps": steps}})
     old = tmp_path / "runs" / "old"  # no settings in its summary: read from .hydra
     _fake_run(old, acc=0.4)
     (old / ".hydra").mkdir()
@@ -372,11 +371,8 @@ def test_runs_that_differ_in_any_setting_get_rows_of_their_own(tmp_path):
 
 def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_path, capsys):
     for seed, acc in enumerate((0.9993, 0.9998)):
-        _fake_run(tmp_path / "runs" / f"s{seed}", acc=acc, seed=seed)
-        path = tmp_path / "runs" / f"s{seed}" / "summary.json"
-        summary = json.loads(path.read_text())
-        summary["best/test_acc_at_best_val"] = acc
-        path.write_text(json.dumps(summary))
+        _fake_run(tmp_path / "runs" / f"s{seed}", acc=acc, seed=seed,
+                  extra={"best/test_acc_at_best_val": acc})
     md = make_report([tmp_path / "runs"], tmp_path / "out", figures=False,
                      metric="best/test_acc_at_best_val")["markdown"].read_text()
     assert "best/test_acc_at_best_val in %" in md and "| otpe | 99.95 ± 0.04 (2) |" in md
@@ -395,11 +391,8 @@ def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_pa
 
 def test_a_run_with_an_undefined_mean_cosine_is_named_in_the_notes(tmp_path):
     _fake_run(tmp_path / "runs" / "ok", seed=0)
-    _fake_run(tmp_path / "runs" / "zero_grad", seed=1)
-    path = tmp_path / "runs" / "zero_grad" / "summary.json"
-    summary = json.loads(path.read_text())
-    summary["align_mean/cos/global"] = None  # NaN, written as null
-    path.write_text(json.dumps(summary))
+    _fake_run(tmp_path / "runs" / "zero_grad", seed=1,
+              extra={"align_mean/cos/global": None})  # NaN, written as null
     written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
     assert any(n.startswith(f"{tmp_path / 'runs' / 'zero_grad'}: its align_mean/cos/global "
                             "is not finite") for n in written["notes"])
@@ -458,12 +451,9 @@ def test_settings_name_the_algorithm_s_own_readout():
 
 def test_row_labels_show_settings_briefly_and_unknown_ones_as_a_question_mark(tmp_path):
     for name, beta in (("a", 0.9525741268224334), ("b", 0.5), ("bare", None)):
-        _fake_run(tmp_path / "runs" / name)
-        if beta is not None:  # "bare": an old run with neither settings nor .hydra/
-            path = tmp_path / "runs" / name / "summary.json"
-            summary = json.loads(path.read_text())
-            summary["settings"] = {"model.beta": beta, "model.slope": 25.0}
-            path.write_text(json.dumps(summary))
+        # "bare": an old run with neither settings nor .hydra/
+        _fake_run(tmp_path / "runs" / name, extra=None if beta is None else
+                  {"settings": {"model.beta": beta, "model.slope": 25.0}})
     written = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)
     md = written["markdown"].read_text()
     for label in ("otpe [model.beta=0.952574]", "otpe [model.beta=0.5]", "otpe [model.beta=?]"):

@@ -68,6 +68,8 @@ def wandb_records(path: Path):
         if kind == 0 and length == 0:  # zero padding up to the next block
             pos += left
             continue
+        if pos + header + length > len(data):  # still being written: what is there so far
+            return
         chunk = data[pos + header:pos + header + length]
         pos += header + length
         if kind == 1:
