@@ -204,6 +204,10 @@ def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     if x.device != w.device or y.device != w.device:
         raise ValueError(f"x is on {x.device} and y on {y.device}, but the model is on "
                          f"{w.device}; move them with .to({str(w.device)!r})")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"x holds {bad} NaN or infinite value{'s' * (bad != 1)}; give finite "
+                         "spike counts or 0/1 values")
     C = model.sizes[-1]
     if B and (int(y.min()) < 0 or int(y.max()) >= C):
         raise ValueError(f"y holds class indices from {int(y.min())} to {int(y.max())}; the "

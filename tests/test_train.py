@@ -201,7 +201,11 @@ def test_the_python_api_takes_any_real_spike_dtype_and_refuses_bad_batches_in_wo
             (xf, y[:1], r"y has shape \(1,\); it must be \(2,\)"),
             (xf, y.view(2, 1), r"y has shape \(2, 1\)"),
             (xf, y.float(), r"y has dtype torch.float32; it must hold integer class indices"),
-            (xf, torch.tensor([0, 3]), r"must lie in 0..2")]:
+            (xf, torch.tensor([0, 3]), r"must lie in 0..2"),
+            (xf.index_put((torch.tensor([1, 4]),), torch.tensor(float("nan"))), y,
+             r"x holds 20 NaN or infinite values; give finite"),
+            (xf.index_put((torch.tensor([0]), torch.tensor([1]), torch.tensor([2])),
+                          torch.tensor(float("inf"))), y, r"x holds 1 NaN or infinite value;")]:
         with pytest.raises(ValueError, match=words):
             sequence_gradients("otpe", m, xx, yy)
     for kwargs, words in [({"beta": 1.5}, "beta=1.5 is out of range"),
