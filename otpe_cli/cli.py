@@ -314,15 +314,8 @@ def _run(cfg, run_dir: Path, on_accepted=None) -> dict:
     return trainer.train()
 
 
-@hydra.main(config_path="pkg://otpe_cli.conf", config_name="config", version_base="1.3")
-def _hydra_main(cfg):
-    from .trainer import PENDING_STOP, STOP_SIGNALS, Interrupted, NonFiniteError
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    launcher = hc.launcher.get("_target_", "")
-    handover = None
+def _warn_about_unused_settings(cfg, hc, multirun: bool) -> None:
+    """A sweep preset run without -m, and W&B keys given while W&B is off."""
     sweeps = dict(hc.sweeper.get("params") or {})
     if not multirun and sweeps:  # an experiment preset meant as a sweep, run without -m
         chosen = {k: OmegaConf.select(cfg, k) for k in sweeps}
@@ -333,6 +326,17 @@ def _hydra_main(cfg):
     ignored = ignored_logger_keys(cfg, list(hc.overrides.task))
     if ignored:
         log.warning("%s set, but W&B is off: add logger=wandb to log to W&B", ", ".join(ignored))
+
+
+@hydra.main(config_path="pkg://otpe_cli.conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg):
+    from .trainer import PENDING_STOP, STOP_SIGNALS, Interrupted, NonFiniteError
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    launcher = hc.launcher.get("_target_", "")
+    handover = None
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
     if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
@@ -351,10 +355,11 @@ def _hydra_main(cfg):
         torch.set_num_threads(threads)
     accepted = False
 
-    def accept():
+    def accept():  # the run is this process's: its warnings may go into the run's log now
         nonlocal accepted
         accepted = True
         settle_hydra_files(run_dir, hc.output_subdir, accepted=True)
+        _warn_about_unused_settings(cfg, hc, multirun)
 
     try:
         summary = run(cfg, run_dir, accept)

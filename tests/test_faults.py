@@ -622,8 +622,11 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
     first = run_dir / ".hydra" / "pending" / "99999"  # the first one's, not yet moved up
     first.mkdir(parents=True)
     (first / "config.yaml").write_text("# the first run's config\n")
+    first_log = run_dir / "otpe-train.log"
+    first_log.write_text("[the first run's log]\n")
     with run_dir_lock(run_dir):  # as the first process holds it while it trains
-        res = cli([*args, "trainer.seed=5"], cwd=tmp_path)
+        # (a W&B key with W&B off: a warning, which must not land in the first one's log)
+        res = cli([*args, "trainer.seed=5", "logger.project=x"], cwd=tmp_path)
         assert res.returncode == 2, res.stderr[-3000:]
         assert res.stderr.strip().splitlines()[-1] == (
             f"otpe-train: error: the run directory {run_dir} is in use by another otpe-train "
@@ -631,6 +634,7 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
             "and run this again to resume.")
         assert not (run_dir / "summary.json").exists()  # no "failed" record in its directory
         assert not (run_dir / "metrics.jsonl").exists() and (run_dir / LOCK_NAME).exists()
+        assert first_log.read_text() == "[the first run's log]\n"
         # Hydra's files: the first one's left as they were, none of the refused one's kept
         assert (first / "config.yaml").read_text() == "# the first run's config\n"
         assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["pending"]

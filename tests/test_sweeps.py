@@ -364,12 +364,18 @@ def test_ctrl_c_while_a_parallel_sweep_starts_stops_it_with_a_hint(tmp_path):
 
 
 def test_a_sweep_preset_without_multirun_says_only_one_job_runs(tmp_path, cli):
+    """... and W&B keys given with W&B off are named; both warnings go to the run's log too."""
     run_dir = tmp_path / "run"
-    res = cli(["experiment=depth_sweep", *TINY_SWEEP, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    res = cli(["experiment=depth_sweep", *TINY_SWEEP, f"hydra.run.dir={run_dir}",
+               "logger.group=g"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert ("this config sweeps over algorithm, model.depth, trainer.seed, but without -m only "
-            "one job runs (algorithm=otpe, model.depth=3, trainer.seed=0); add -m to run the "
-            "whole sweep") in res.stderr
+    sweep_warning = ("this config sweeps over algorithm, model.depth, trainer.seed, but without "
+                     "-m only one job runs (algorithm=otpe, model.depth=3, trainer.seed=0); add "
+                     "-m to run the whole sweep")
+    wandb_warning = "logger.group set, but W&B is off: add logger=wandb to log to W&B"
+    log_text = (run_dir / "otpe-train.log").read_text()
+    for warning in (sweep_warning, wandb_warning):
+        assert warning in res.stderr and warning in log_text
     assert summary(run_dir)["status"] == "finished"
     plain = cli([*TINY_SWEEP, f"hydra.run.dir={tmp_path / 'plain'}"], cwd=tmp_path)
     assert plain.returncode == 0 and "sweeps over" not in plain.stderr
