@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .logs import write_failure
+
 CHECKPOINT_NAME = "checkpoint.pt"
 #: the keys every checkpoint of this version holds (checked before anything is restored)
 REQUIRED_KEYS = ("fingerprint", "iteration", "model", "optimizer", "batch_gen", "torch_rng",
@@ -65,9 +67,11 @@ def save_atomic(state: dict, path: Path) -> None:
     """Write a checkpoint atomically; a failed write keeps the previous checkpoint."""
     try:
         write_torch_atomic(state, path)
-    except OSError as exc:  # disk full, quota, a vanished or unwritable folder
-        raise CheckpointError(f"checkpoint {path} cannot be written ({exc.strerror or exc}); "
-                              "the previous checkpoint, if any, is kept.") from None
+    except (OSError, RuntimeError) as exc:  # disk full, quota, a vanished or unwritable folder
+        # (torch's zip writer reports a full disk as a RuntimeError: "unexpected pos")
+        raise CheckpointError(f"checkpoint {path} cannot be written "
+                              f"({write_failure(path, exc)}); the previous checkpoint, if any, "
+                              "is kept.") from None
 
 
 def remove_stale_temporaries(path: Path) -> None:

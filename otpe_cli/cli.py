@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from .checkpoint import CHECKPOINT_NAME, CheckpointError
 from .config import ConfigError, ignored_logger_keys, validate
 from .data import DataError
-from .logs import SUMMARY_NAME, write_json_atomic
+from .logs import SUMMARY_NAME, OutputError, write_json_atomic
 
 log = logging.getLogger("otpe-train")
 
@@ -157,8 +157,8 @@ def _children_handling(sig: int) -> list[int]:
 
 
 #: errors that are the user's input or the run's numerics: one sentence, no traceback
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError,
-               PermissionError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, ValueError,
+               FileNotFoundError, PermissionError)
 
 
 def _record_failure(run_dir: Path, cfg, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,28 @@ from rich.table import Table
 
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
+
+
+class OutputError(RuntimeError):
+    """A run file that cannot be written (a full disk, a quota, a vanished folder)."""
+
+
+def write_failure(path: Path, exc: Exception) -> str:
+    """Why ``path`` could not be written, with the space left on its disk (a full disk's
+    error alone says little: torch's writer reports it as "unexpected pos")."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    try:
+        why += f"; {shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free on its disk"
+    except OSError:
+        pass
+    return why
+
+
+def unwritable(path: Path, exc: OSError) -> OutputError:
+    """The one sentence for a run file that cannot be written."""
+    return OutputError(f"{path} cannot be written ({write_failure(path, exc)}); the last "
+                       "checkpoint, if any, is kept: free some space and run the same command "
+                       "again to resume.")
 
 
 def _clean(value):
@@ -50,12 +73,18 @@ class MetricsFile:
     def truncate_after(self, iteration: int) -> None:
         rows = [r for r in read_metrics(self.path) if r.get("iter", 0) <= iteration]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        except OSError as exc:  # (a torn last line is dropped by read_metrics and truncate_after)
+            raise unwritable(self.path, exc) from None
 
 
 class ConsoleProgress:
@@ -146,7 +175,11 @@ class RunLogger:
         self.console.update(row["iter"], status_line(row), force_line=line)
 
     def write_summary(self, summary: dict) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_NAME, {k: _clean(v) for k, v in summary.items()})
+        path = self.run_dir / SUMMARY_NAME
+        try:
+            write_json_atomic(path, {k: _clean(v) for k, v in summary.items()})
+        except OSError as exc:
+            raise unwritable(path, exc) from None
 
     def drop_interrupted_summary(self) -> None:
         """A resumed run is in progress again: its "interrupted" summary no longer holds."""

@@ -424,7 +424,10 @@ class Trainer:
         try:
             last_eval = self._loop()
         except BaseException as exc:
-            self.logger.abort(preempted=isinstance(exc, Interrupted))
+            preempted = isinstance(exc, Interrupted)
+            if not preempted and isinstance(exc, Exception):  # the run failed: say so there
+                self._record_failed(exc)
+            self.logger.abort(preempted=preempted)
             raise
         finally:
             for s, h in previous.items():
@@ -468,6 +471,15 @@ class Trainer:
             if t.checkpoint_every > 0 and self.iteration % t.checkpoint_every == 0 and not last:
                 self.save_checkpoint()
         return last_eval
+
+    def _record_failed(self, exc: Exception) -> None:
+        """summary.json of a run that stopped on an error: its values so far, ``failed`` and
+        the error (a finished summary from before a continuation is replaced: the metrics run
+        on past it). Best effort: the error may be the disk itself."""
+        try:
+            self.logger.write_summary({**self._summary("failed"), "error": str(exc)})
+        except Exception:
+            pass
 
     def _summary(self, status: str, last_eval: dict | None = None) -> dict:
         """The run so far: the latest value of every logged metric (None where it was not

@@ -135,7 +135,9 @@ def test_non_finite_gradient_stops_and_keeps_the_last_good_checkpoint(make_cfg, 
     state = ckpt.load(path)
     assert state["iteration"] == 4
     assert all(bool(torch.isfinite(p).all()) for p in state["model"].values())
-    assert not (tmp_path / "run" / "summary.json").exists()
+    failed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == message
+    assert failed["iter"] == at - 1 and failed["config"]["algorithm"] == "otpe"
     # the kept checkpoint is good: resuming it (without the fault) ends exactly like a clean run
     run(make_cfg(over), tmp_path / "clean")
     run(make_cfg(over), tmp_path / "run")
@@ -403,6 +405,70 @@ def test_unwritable_run_directory_is_refused(tmp_path, victim):
     afile.write_text("keep me")
     refused(compose_cfg(VICTIM), afile / "run", "cannot be written", "hydra.run.dir")
     assert afile.read_text() == "keep me"
+
+
+# a full disk under metrics.jsonl, for a real otpe-train process (loaded through PYTHONPATH)
+FULL_DISK_SITE = """
+import builtins
+_open = builtins.open
+def _open_on_full_disk(file, mode="r", *args, **kwargs):
+    if str(file).endswith("metrics.jsonl") and "a" in mode:
+        return _open("/dev/full", "w", *args, **kwargs)  # every write: ENOSPC
+    return _open(file, mode, *args, **kwargs)
+builtins.open = _open_on_full_disk
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_mid_run_stops_it_in_one_sentence_and_records_it(tmp_path, cli):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FULL_DISK_SITE)
+    run_dir = tmp_path / "run"
+    args = ["debug=quick", f"hydra.run.dir={run_dir}"]
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    res = cli(args, cwd=tmp_path, env={"PYTHONPATH": path})
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"otpe-train: error: {run_dir / 'metrics.jsonl'} cannot be written "
+                           "(No space left on device; ")
+    assert last.endswith(" MiB free on its disk); the last checkpoint, if any, is kept: free "
+                         "some space and run the same command again to resume.")
+    failed = json.loads((run_dir / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == last[len("otpe-train: error: "):]
+    res = cli(args, cwd=tmp_path)  # the disk has room again: the same command runs
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_last_one(
+        make_cfg, tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"): the run
+    stops in one sentence, the last good checkpoint stays, summary.json says failed."""
+    real_save, saves = torch.save, []
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        saves.append(obj["iteration"])
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 "
+                               "vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    path = tmp_path / "checkpoint.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save_on_a_full_disk)
+        with pytest.raises(ckpt.CheckpointError) as err:
+            run(make_cfg(NAN_RUN), tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} cannot be written ([enforce fail at "
+                              "inline_container.cc:672] . unexpected pos 64 vs 0; ")
+    assert message.endswith(" MiB free on its disk); the previous checkpoint, if any, is kept.")
+    assert saves == [4, 8] and ckpt.load(path)["iteration"] == 4
+    assert [p.name for p in tmp_path.glob("checkpoint.pt*")] == ["checkpoint.pt"]
+    failed = json.loads((tmp_path / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == message and failed["iter"] == 8
+    assert run(make_cfg(NAN_RUN), tmp_path)["status"] == "finished"  # resumed from 4
 
 
 # ============================================================================ bad input, real CLI
