@@ -377,6 +377,11 @@ def _hydra_main(cfg):
             return None
         raise SystemExit(128 + exc.signum)
     except RunDirBusy as exc:  # the directory is the other process's: no summary there
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        if not any(o.split("=", 1)[0].lstrip("+") == key for o in hc.overrides.hydra):
+            # a directory named by the clock: most likely another run started in the same second
+            exc = RunDirBusy(f"{exc} If it is a different run started in the same second, "
+                             f"give this one a directory of its own with {key}=DIR.")
         print(f"otpe-train: error: {exc}", file=sys.stderr)
         settle_hydra_files(run_dir, hc.output_subdir, accepted=False, keep_if_first=False)
         if multirun:  # a mark beside the other's files, for FailedJobs to count and remove
@@ -515,18 +520,39 @@ def _launcher_problem(argv: list[str]) -> str | None:
     return None
 
 
+class _StopSignal(KeyboardInterrupt):
+    """SIGTERM, SIGHUP or SIGUSR1 outside a training loop (while a run starts up, or between a
+    sweep's jobs): stop as Ctrl-C does there, in words, instead of dying without a word."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum, frame):
+    raise _StopSignal(signum)
+
+
 def main() -> None:
+    from .trainer import STOP_SIGNALS
+
     _guard_console_streams()
     argv = sys.argv[1:]
     problem = _unknown_key_problem(argv) or _run_dir_problem(argv) or _launcher_problem(argv)
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    for sig in STOP_SIGNALS:  # (the training loop and a parallel sweep install their own)
+        if sig != signal.SIGINT:
+            signal.signal(sig, _raise_stop)
     try:
         _hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which checkpoints on it)
-        print("otpe-train: interrupted; run the same command again to resume.", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+    except KeyboardInterrupt as exc:  # outside the training loop (which checkpoints on it)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = "interrupted" if signum == signal.SIGINT else \
+            f"stopped by {signal.Signals(signum).name}"
+        print(f"otpe-train: {how}; run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

@@ -709,3 +709,27 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_two_runs_started_in_the_same_second_are_told_to_take_their_own_directory(tmp_path,
+                                                                                   cli):
+    """The default run directory is named by the clock to the second: a second run started
+    in the same second finds the first one's lock and is told how to run beside it."""
+    import contextlib
+    import datetime
+
+    from otpe_cli.cli import run_dir_lock
+
+    now = datetime.datetime.now()
+    runs = tmp_path / "outputs" / "runs"
+    with contextlib.ExitStack() as held:  # "the first run", on every second the CLI may start in
+        for second in range(-1, 30):
+            t = now + datetime.timedelta(seconds=second)
+            held.enter_context(run_dir_lock(
+                runs / t.strftime("%Y-%m-%d") / f"{t.strftime('%H-%M-%S')}_randman_otpe"))
+        res = cli(["debug=quick"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        f"(pid {os.getpid()}); wait for it to end, or stop it (it checkpoints on SIGTERM) and "
+        "run this again to resume. If it is a different run started in the same second, give "
+        "this one a directory of its own with hydra.run.dir=DIR.")

@@ -153,6 +153,29 @@ def test_sigint_sigusr1_and_sighup_interrupted_then_resumed(tmp_path, baseline):
     assert_same_run(run_dir, baseline)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_a_run_starts_up_is_answered_in_words(tmp_path, sig):
+    """Before the training loop installs its handlers (here: while the test set is drawn),
+    SIGTERM or SIGHUP stops the run as Ctrl-C does there: one sentence and exit 128 + signal,
+    where the process used to die without a word."""
+    run_dir, log = tmp_path / "run", tmp_path / "log"
+    proc = start(["debug=quick", "dataset.test_samples_per_class=3000"], run_dir, log)
+    deadline = time.monotonic() + TIMEOUT
+    while "run directory" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # drawing 30 000 test samples takes seconds
+    proc.send_signal(sig)
+    assert proc.wait(timeout=TIMEOUT) == 128 + sig, log.read_text()[-3000:]
+    text = log.read_text()
+    assert text.strip().splitlines()[-1] == (f"otpe-train: stopped by {sig.name}; run the "
+                                             "same command again to resume.")
+    assert "Traceback" not in text
+    assert not read_metrics(run_dir / "metrics.jsonl")
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
 def test_finished_run_started_again_says_so_and_changes_nothing(tmp_path, baseline, cli):
     run_dir = tmp_path / "run"
     shutil.copytree(baseline, run_dir)
