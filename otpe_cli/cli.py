@@ -508,9 +508,36 @@ def _unknown_key_problem(argv: list[str]) -> str | None:
     return None
 
 
+#: hydra/launcher choices → (the Hydra plugin module they need, its pip name)
+LAUNCHER_PLUGINS = {
+    "local_parallel": ("hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "joblib": ("hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "slurm": ("hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_local": ("hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_slurm": ("hydra_submitit_launcher", "hydra-submitit-launcher"),
+}
+
+
+def _plugin_installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{module}") is not None
+    except ImportError:
+        return False
+
+
 def _launcher_problem(argv: list[str]) -> str | None:
-    """submitit's SLURM launcher fails with a traceback (and an empty sweep directory) where
-    SLURM is absent; say so first."""
+    """A launcher whose plugin is not installed (Hydra says only "Could not load
+    'hydra/launcher/joblib'"), and submitit's SLURM launcher where SLURM is absent (it fails
+    with a traceback and an empty sweep directory): say so first."""
+    for arg in argv:
+        key, _, choice = arg.lstrip("+").partition("=")
+        module, pip_name = LAUNCHER_PLUGINS.get(choice, (None, None))
+        if key == "hydra/launcher" and module and not _plugin_installed(module):
+            return (f"hydra/launcher={choice} needs the Hydra plugin {pip_name}, which is not "
+                    f"installed here: pip install {pip_name} (or install otpe-cli with its "
+                    "launchers extra, e.g. pip install -e '.[launchers]' in the clone).")
     missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
     if "hydra/launcher=slurm" in argv and missing:
         return (f"hydra/launcher=slurm needs SLURM, and {' and '.join(map(repr, missing))} "

@@ -253,6 +253,38 @@ def test_slurm_launcher_without_slurm_is_one_sentence_and_no_sweep_dir(tmp_path,
     assert not sweep.exists()
 
 
+# hides one installed Hydra launcher plugin from a real otpe-train process (via PYTHONPATH)
+NO_PLUGIN_SITE = """
+import sys
+class _Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("hydra_plugins.{module}"):
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, _Hidden())
+"""
+
+
+@pytest.mark.parametrize("launcher, module, pip_name", [
+    ("local_parallel", "hydra_joblib_launcher", "hydra-joblib-launcher"),
+    ("submitit_local", "hydra_submitit_launcher", "hydra-submitit-launcher")])
+def test_a_launcher_whose_plugin_is_missing_is_named_with_its_install(tmp_path, cli, launcher,
+                                                                      module, pip_name):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_PLUGIN_SITE.replace("{module}", module))
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"],
+              cwd=tmp_path, env={"PYTHONPATH": path})
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines() == [
+        f"otpe-train: error: hydra/launcher={launcher} needs the Hydra plugin {pip_name}, which "
+        f"is not installed here: pip install {pip_name} (or install otpe-cli with its launchers "
+        "extra, e.g. pip install -e '.[launchers]' in the clone)."]
+    assert not sweep.exists()
+
+
 def test_a_stopped_sweep_says_how_to_resume_it(tmp_path):
     """Ctrl-C in a sweep: the job checkpoints, and the hint names the sweep, not the job."""
     sweep = tmp_path / "sweep"
