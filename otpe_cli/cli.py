@@ -314,6 +314,14 @@ def _run(cfg, run_dir: Path, on_accepted=None) -> dict:
     return trainer.train()
 
 
+def _console_log_level(level: int) -> None:
+    """Set the level of the console handlers of Hydra's job logging (not of its log file)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and \
+                not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
+
+
 def _warn_about_unused_settings(cfg, hc, multirun: bool) -> None:
     """A sweep preset run without -m, and W&B keys given while W&B is off."""
     sweeps = dict(hc.sweeper.get("params") or {})
@@ -335,6 +343,8 @@ def _hydra_main(cfg):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if OmegaConf.select(cfg, "trainer.progress") == "none":
+        _console_log_level(logging.WARNING)  # info lines go to otpe-train.log only
     launcher = hc.launcher.get("_target_", "")
     handover = None
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes

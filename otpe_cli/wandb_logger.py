@@ -83,6 +83,7 @@ class WandbLogger:
         self.run_id = wandb_run_id or new_run_id()
         self.run = None
         self.mode = str(cfg.logger.mode)
+        self.quiet = cfg.trainer.progress == "none"  # wandb's own lines too; warnings stay
         self._defined: set[str] = set()
         try:
             import wandb
@@ -178,7 +179,7 @@ class WandbLogger:
             settings = wandb.Settings(
                 init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)),
                 finish_timeout=float(os.environ.get("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT_S)),
-                console="off")  # the console stays rich's and Hydra's
+                console="off", silent=self.quiet)  # the console stays rich's and Hydra's
             return wandb.init(mode=mode, settings=settings, **self._init_kwargs)
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -231,7 +232,7 @@ class WandbLogger:
         except Exception as exc:
             self._say(f"W&B: could not finish the run cleanly ({exc}); the local files in "
                       f"{self.run_dir} are complete.")
-        if self.mode == "offline":  # a resumed run adds a folder per start: name them all
+        if self.mode == "offline" and not self.quiet:  # a resumed run adds a folder per start
             self._say("W&B: offline run saved; upload it later with: wandb sync "
                       f"{self.run_dir / 'wandb'}/offline-run-*")
 

@@ -170,10 +170,13 @@ def test_offline_run_lives_in_the_run_dir_holds_every_metric_and_resumes(tmp_pat
     import torch
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["wandb_run_id"] == run["id"]
     # more iterations in the same directory: the job resumes from its checkpoint at
-    # iteration 3 and continues the same W&B run (a second offline fragment, same id)
-    again = cli([*SMALL, "trainer.iterations=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+    # iteration 3 and continues the same W&B run (a second offline fragment, same id);
+    # progress=none keeps wandb's own lines off the console too
+    quiet = [o for o in SMALL if not o.startswith("trainer.progress")] + ["trainer.progress=none"]
+    again = cli([*quiet, "trainer.iterations=5", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                 env=offline())
     assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout == again.stderr == ""
     runs = offline_runs(run_dir)
     assert len(runs) == 2 and runs[1]["id"] == run["id"]
     assert [h["iter"] for h in runs[1]["history"]] == [4, 5]
