@@ -282,21 +282,34 @@ class Trainer:
     def _check_memory(self, sizes: list[int]) -> None:
         """Refuse, before any work, a network or batch whose parameters, traces (or BPTT graph)
         cannot fit in the memory free now: such a run would otherwise swap or be killed."""
-        t = self.cfg.trainer
-        floor = lambda batch: self.algorithm.memory_floor(  # noqa: E731
-            sizes, batch, self.data.num_steps, self.dtype.itemsize, t.align_every > 0)
+        t, steps = self.cfg.trainer, self.data.num_steps
+        aligned = t.align_every > 0
+
+        def floor(batch: int, steps: int = steps, aligned: bool = aligned) -> int:
+            return self.algorithm.memory_floor(sizes, batch, steps, self.dtype.itemsize, aligned)
+
         need, free = floor(t.batch_size), available_memory(self.device)
         if free is None or need <= free:
             return
         what = "BPTT's graph" if self.algorithm.is_bptt else "its traces" + \
-            (" and BPTT's graph for alignment" if t.align_every > 0 else "")
-        where = (f"algorithm={self.algorithm.name} ({what}, T={self.data.num_steps}, layers "
+            (" and BPTT's graph for alignment" if aligned else "")
+        where = (f"algorithm={self.algorithm.name} ({what}, T={steps}, layers "
                  f"{'-'.join(map(str, sizes))}), but only {free / 2**30:.1f} GiB of "
                  f"{self.device.type} memory is free")
+        # an online rule's memory does not grow with T: only the alignment's BPTT graph does
+        unaligned = (" or turn the alignment to BPTT off with trainer.align_every=0"
+                     if aligned and not self.algorithm.is_bptt else "")
         if t.batch_size > 1 and floor(1) <= free:
+            also = unaligned if floor(t.batch_size, aligned=False) <= free else ""
             raise ValueError(
                 f"trainer.batch_size={t.batch_size} needs at least {need / 2**30:.1f} GiB for "
-                f"{where}: lower trainer.batch_size (that bound is a floor; a run needs more).")
+                f"{where}: lower trainer.batch_size{also} (that bound is a floor; a run needs "
+                "more).")
+        if floor(1, steps=1) <= free:  # the time steps are what does not fit
+            also = unaligned if floor(1, aligned=False) <= free else ""
+            raise ValueError(
+                f"dataset.num_steps={steps} needs at least {floor(1) / 2**30:.1f} GiB even at "
+                f"batch size 1 for {where}: lower dataset.num_steps{also}.")
         raise ValueError(
             f"model.width={self.cfg.model.width} needs at least {floor(1) / 2**30:.1f} GiB even "
             f"at batch size 1 for {where}: lower model.width or model.depth.")

@@ -658,10 +658,30 @@ def test_a_batch_that_cannot_fit_in_free_memory_is_refused_before_any_work(make_
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor - 1)
     refused(cfg, tmp_path / "run", "trainer.batch_size=64 needs at least",
             "algorithm=otpe (its traces and BPTT's graph for alignment, T=10, layers 50-16-16-10)",
-            "lower trainer.batch_size (that bound is a floor; a run needs more).")
+            "lower trainer.batch_size or turn the alignment to BPTT off with "
+            "trainer.align_every=0 (that bound is a floor; a run needs more).")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     monkeypatch.setattr(trainer_module, "available_memory", lambda device: floor)
     trainer_module.Trainer(cfg, tmp_path / "run")  # just fits: accepted
+
+
+@pytest.mark.parametrize("alg, hint", [
+    ("otpe", "lower dataset.num_steps or turn the alignment to BPTT off with "
+             "trainer.align_every=0."),
+    ("bptt", "lower dataset.num_steps.")])
+def test_too_many_time_steps_for_free_memory_name_the_time_steps(make_cfg, tmp_path,
+                                                                 monkeypatch, alg, hint):
+    """What grows with T is BPTT's graph (and the input batch): the message names T, not the
+    width, and for an online rule the alignment that keeps such a graph."""
+    from otpe_cli import build_algorithm
+    from otpe_cli import trainer as trainer_module
+
+    steps = 200_000
+    at_batch_1 = build_algorithm(alg).memory_floor([50, 16, 16, 10], 1, steps, 4, True)
+    monkeypatch.setattr(trainer_module, "available_memory", lambda device: at_batch_1 - 1)
+    refused(make_cfg([*VICTIM, f"algorithm={alg}", f"dataset.num_steps={steps}"]),
+            tmp_path / "run", f"dataset.num_steps={steps} needs at least",
+            "even at batch size 1", f"T={steps}", hint)
 
 
 def test_a_network_too_wide_for_free_memory_is_refused_before_it_is_built(make_cfg, tmp_path,
