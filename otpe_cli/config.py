@@ -142,12 +142,19 @@ def _choice(key: str, value, choices) -> None:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}.")
 
 
-def _positive(key: str, value, allow_zero: bool = False) -> None:
-    """A finite number above zero (or zero too); NaN and inf fail every comparison here."""
-    if not (0 <= value < math.inf) or (value == 0 and not allow_zero):
+def _positive(key: str, value, allow_zero: bool = False, at_most: float = math.inf) -> None:
+    """A finite number above zero (or zero too), and not above ``at_most``; NaN and inf fail
+    every comparison here."""
+    if not (0 <= value < math.inf and value <= at_most) or (value == 0 and not allow_zero):
         bound = "a finite number of zero or more" if allow_zero else \
             "a finite number greater than zero"
+        if at_most < math.inf:
+            bound += f" and at most {at_most:g}"
         raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
+
+
+#: optimizer.lr and weight_decay above this are typos (1e39 overflows float32 in the optimizer)
+_MAX_STEP_FACTOR = 1e6
 
 
 #: the schema of every config section (``dataset``: one per family of data sets)
@@ -221,8 +228,8 @@ def validate(cfg) -> None:
     if a.readout is not None:
         _choice("algorithm.readout", a.readout, ("spikes", "trace"))
     _choice("optimizer.name", o.name, ("adamax", "adam", "sgd"))
-    _positive("optimizer.lr", o.lr)
-    _positive("optimizer.weight_decay", o.weight_decay, allow_zero=True)
+    _positive("optimizer.lr", o.lr, at_most=_MAX_STEP_FACTOR)
+    _positive("optimizer.weight_decay", o.weight_decay, allow_zero=True, at_most=_MAX_STEP_FACTOR)
     if o.name in ("adamax", "adam") and (len(o.betas) != 2 or
                                           not all(0 <= b < 1 for b in o.betas)):
         raise ConfigError(f"optimizer.betas={list(o.betas)} is out of range: it must be two "

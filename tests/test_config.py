@@ -87,7 +87,11 @@ def test_unknown_choice(make_cfg):
     ("trainer.update=sometimes", "trainer.update"), ("trainer.device=tpu", "trainer.device"),
     ("algorithm.readout=voltage", "algorithm.readout"), ("optimizer.lr=0", "optimizer.lr"),
     ("model.threshold=0", "model.threshold"), ("model.threshold=-1", "model.threshold"),
-    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay")])
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+    # a step beyond float32 used to end in torch's "value cannot be converted ... overflow"
+    ("optimizer.lr=1e39", "optimizer.lr=1e+39 is out of range: it must be a finite number "
+                          "greater than zero and at most 1e+06."),
+    ("optimizer.weight_decay=1e39", "optimizer.weight_decay=1e+39 is out of range")])
 def test_out_of_range_values_are_refused_with_the_key(make_cfg, override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         validate(make_cfg([override]))
