@@ -575,6 +575,13 @@ def main() -> None:
 
     _guard_console_streams()
     argv = sys.argv[1:]
+    if "--version" in argv:  # (Hydra's own flag names only Hydra)
+        import torch
+
+        from . import __version__
+
+        print(f"otpe-train {__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
+        return
     problem = _unknown_key_problem(argv) or _run_dir_problem(argv) or _launcher_problem(argv)
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)

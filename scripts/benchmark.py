@@ -152,18 +152,24 @@ print(json.dumps({{"rss_mib": (peak - before) / 1024, "cuda_mib": cuda}}))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--inputs", type=int, default=50)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--inputs", type=int, default=50, help="input units (default 50)")
+    p.add_argument("--width", type=int, default=128, help="hidden units per layer (default 128)")
+    p.add_argument("--depth", type=int, default=3, help="layers, output included (default 3)")
+    p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--steps", type=int, default=50, help="time steps T (default 50)")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="interleaved repeats; medians are reported (default 7)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    p.add_argument("--memory-steps", nargs="*", type=int, default=[50, 200, 800])
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS),
+                   help="algorithms to time (default: all seven)")
+    p.add_argument("--memory-steps", nargs="*", type=int, default=[50, 200, 800],
+                   help="the T of each peak-memory point (default 50 200 800); the flag "
+                        "with no value skips the memory table")
     p.add_argument("--memory-algorithms", nargs="+",
-                   default=["bptt", "ottt", "approx_otpe", "ostl", "otpe"])
+                   default=["bptt", "ottt", "approx_otpe", "ostl", "otpe"],
+                   help="algorithms in the memory table (default: bptt ottt approx_otpe ostl "
+                        "otpe)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:

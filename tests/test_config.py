@@ -156,3 +156,15 @@ def test_cli_help_lists_groups_under_the_tool_name(cli, tmp_path):
     for alg in ("approx_otpe", "bptt", "f_approx_otpe", "f_otpe", "ostl", "otpe", "ottt"):
         assert alg in out
     assert "schema" not in out.split("== Config ==")[0]  # only groups one can choose
+
+
+def test_cli_version_names_the_tool(cli, tmp_path):
+    import hydra
+    import torch
+
+    import otpe_cli
+
+    res = cli(["--version"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout == (f"otpe-train {otpe_cli.__version__} (Hydra {hydra.__version__}, "
+                          f"torch {torch.__version__})\n")

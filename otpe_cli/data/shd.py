@@ -432,7 +432,8 @@ def load_binned(path: Path, b: Binning, num_classes: int, cache_dir: Path | None
                 return obj["x"], obj["y"]
             log.warning("cache %s does not match %s; binning again", target, path)
         except Exception as exc:  # noqa: BLE001 -- a broken cache is rebuilt, never fatal
-            log.warning("cache %s is unreadable (%s); binning again", target, exc)
+            why = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0]
+            log.warning("cache %s is unreadable (%s); binning again", target, why)
     tic = time.perf_counter()
     times, units, labels = read_file(path, b.num_channels, num_classes)
     try:
