@@ -204,15 +204,17 @@ def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     if x.device != w.device or y.device != w.device:
         raise ValueError(f"x is on {x.device} and y on {y.device}, but the model is on "
                          f"{w.device}; move them with .to({str(w.device)!r})")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"x holds {bad} NaN or infinite value{'s' * (bad != 1)}; give finite "
-                         "spike counts or 0/1 values")
     C = model.sizes[-1]
     if B and (int(y.min()) < 0 or int(y.max()) >= C):
         raise ValueError(f"y holds class indices from {int(y.min())} to {int(y.max())}; the "
                          f"model has {C} output units, so they must lie in 0..{C - 1}")
-    return x.to(w.dtype), y.long()
+    x = x.to(w.dtype)
+    if not bool(torch.isfinite(x).all()):  # (checked in the model's dtype: 1e300 is inf in float32)
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"x holds {bad} value{'s' * (bad != 1)} that {'are' if bad != 1 else 'is'}"
+                         f" NaN or infinite in the model's dtype ({w.dtype}); give finite spike "
+                         "counts or 0/1 values")
+    return x, y.long()
 
 
 def sequence_gradients(name: str, model: SNN, x: torch.Tensor, y: torch.Tensor,

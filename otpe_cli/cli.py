@@ -50,7 +50,7 @@ class FailedJobs(Callback):
                 continue
             if isinstance(summary, dict) and summary.get("status") == "failed":
                 failed.append(f"  {path.parent}: {summary.get('error', 'no reason recorded')}")
-        for path in sorted(sweep_dir.glob(f"*/{BUSY_NAME}")):  # jobs refused: in use
+        for path in sorted(sweep_dir.glob(f"*/{FAILED_MARK}")):  # failed, summary.json silent
             try:
                 if path.stat().st_mtime >= getattr(self, "started", 0.0):
                     failed.append(f"  {path.parent}: {path.read_text().strip()}")
@@ -59,8 +59,7 @@ class FailedJobs(Callback):
                 continue
         if failed:
             print(f"otpe-train: error: {len(failed)} job(s) of the sweep in {sweep_dir} failed "
-                  "(each one's summary.json says why, or it was in use by another "
-                  "otpe-train; any other job kept its results):",
+                  "(each below with why; any other job kept its results):",
                   file=sys.stderr)
             print("\n".join(failed), file=sys.stderr)
             raise SystemExit(1)
@@ -161,18 +160,32 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputError, ValueError,
                FileNotFoundError, PermissionError)
 
 
-def _record_failure(run_dir: Path, cfg, message: str) -> None:
+def _record_failure(run_dir: Path, cfg, message: str) -> bool:
+    """Write a ``failed`` summary.json for a run refused or stopped by ``message``, unless the
+    directory holds a finished run's results or a resumable checkpoint (a refusal must not
+    replace them). True when summary.json now records this failure (the trainer records the
+    ones it meets while training)."""
     from .trainer import config_choices
 
     path = run_dir / SUMMARY_NAME
     try:
-        # never replace a finished run's results, nor mark a resumable run as failed
-        if path.exists() or (run_dir / CHECKPOINT_NAME).exists():
-            return
-        write_json_atomic(path, {"status": "failed", "error": message,
-                                 "config": config_choices(cfg)})
+        if not path.exists() and not (run_dir / CHECKPOINT_NAME).exists():
+            write_json_atomic(path, {"status": "failed", "error": message,
+                                     "config": config_choices(cfg)})
+        summary = json.loads(path.read_text())
+        return summary.get("status") == "failed" and summary.get("error") == message
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _mark_failed(run_dir: Path, message: str) -> bool:
+    """For a sweep's job whose failure summary.json cannot tell (it was refused beside another
+    run's results, or the disk is full): a mark that FailedJobs counts and removes."""
+    try:
+        (run_dir / FAILED_MARK).write_text(f"{message}\n")
+        return True
     except OSError:
-        pass
+        return False
 
 
 def _threads_per_job(launcher) -> int | None:
@@ -243,7 +256,7 @@ def settle_hydra_files(run_dir: Path, output_subdir: str | None, accepted: bool,
 
 
 LOCK_NAME = ".otpe-train.lock"
-BUSY_NAME = ".otpe-train.busy"  # a sweep's job refused because its directory was in use
+FAILED_MARK = ".otpe-train.failed"  # a sweep's failed job that its summary.json does not show
 
 
 class RunDirBusy(RuntimeError):
@@ -371,16 +384,27 @@ def _hydra_main(cfg):
         settle_hydra_files(run_dir, hc.output_subdir, accepted=True)
         _warn_about_unused_settings(cfg, hc, multirun)
 
+    startup = {}  # (joblib workers and submitit jobs have handlers of their own)
+    if not worker and handover is None and threading.current_thread() is threading.main_thread():
+        startup = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS
+                   if sig != signal.SIGINT}
+    again = f"same sweep command with hydra.sweep.dir={hc.sweep.dir}" if multirun \
+        else f"same command with hydra.run.dir={run_dir}"
     try:
         summary = run(cfg, run_dir, accept)
+    except KeyboardInterrupt as exc:  # before the training loop: nothing trained in this job
+        if not startup:  # a worker's or a submitit job's: as before
+            raise
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"otpe-train: stopped by {signal.Signals(signum).name} before training began; "
+              f"run the {again} to resume.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
     except Interrupted as exc:
         if handover is not None and handover.relayed:
             log.warning("%s from submitit (time limit or preemption): checkpoint saved in %s; "
                         "submitit requeues the job, which resumes from it",
                         signal.Signals(handover.signum).name, run_dir)
             handover.requeue()
-        again = f"same sweep command with hydra.sweep.dir={hc.sweep.dir}" if multirun \
-            else f"same command with hydra.run.dir={run_dir}"
         log.warning("%s: checkpoint saved in %s; run the %s to resume", exc, run_dir, again)
         if worker:  # returning lets joblib collect the other jobs; the parent exits 128 + sig
             PENDING_STOP.append(exc.signum)
@@ -395,21 +419,22 @@ def _hydra_main(cfg):
         print(f"otpe-train: error: {exc}", file=sys.stderr)
         settle_hydra_files(run_dir, hc.output_subdir, accepted=False, keep_if_first=False)
         if multirun:  # a mark beside the other's files, for FailedJobs to count and remove
-            try:
-                (run_dir / BUSY_NAME).write_text(f"{exc}\n")
-            except OSError:
-                pass
+            _mark_failed(run_dir, str(exc))
             return None
         raise SystemExit(2)
     except (*USER_ERRORS, NonFiniteError) as exc:
         message = str(exc)
-        _record_failure(run_dir, cfg, message)
+        recorded = _record_failure(run_dir, cfg, message)
         if multirun:  # the other jobs go on; FailedJobs names this one when the sweep ends
             print(f"otpe-train: error: {run_dir}: {message}", file=sys.stderr)
+            if not recorded and not _mark_failed(run_dir, message):
+                raise  # nothing can be written there (a full disk): the sweep ends in error
             return None
         print(f"otpe-train: error: {message}", file=sys.stderr)
         raise SystemExit(2)
     finally:
+        for sig, handler in startup.items():
+            signal.signal(sig, handler)
         if not accepted:
             settle_hydra_files(run_dir, hc.output_subdir, accepted=False)
     return summary.get("test/acc")
@@ -558,8 +583,8 @@ def _launcher_problem(argv: list[str]) -> str | None:
 
 
 class _StopSignal(KeyboardInterrupt):
-    """SIGTERM, SIGHUP or SIGUSR1 outside a training loop (while a run starts up, or between a
-    sweep's jobs): stop as Ctrl-C does there, in words, instead of dying without a word."""
+    """SIGTERM, SIGHUP or SIGUSR1 while a job starts up, before its training loop installs its
+    own handlers: stop as Ctrl-C does there, in words, instead of dying without a word."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -571,8 +596,6 @@ def _raise_stop(signum, frame):
 
 
 def main() -> None:
-    from .trainer import STOP_SIGNALS
-
     _guard_console_streams()
     argv = sys.argv[1:]
     if "--version" in argv:  # (Hydra's own flag names only Hydra)
@@ -586,17 +609,11 @@ def main() -> None:
     if problem:
         print(f"otpe-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    for sig in STOP_SIGNALS:  # (the training loop and a parallel sweep install their own)
-        if sig != signal.SIGINT:
-            signal.signal(sig, _raise_stop)
     try:
         _hydra_main()
-    except KeyboardInterrupt as exc:  # outside the training loop (which checkpoints on it)
-        signum = getattr(exc, "signum", signal.SIGINT)
-        how = "interrupted" if signum == signal.SIGINT else \
-            f"stopped by {signal.Signals(signum).name}"
-        print(f"otpe-train: {how}; run the same command again to resume.", file=sys.stderr)
-        raise SystemExit(128 + signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside a job (a job answers it itself)
+        print("otpe-train: interrupted; run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 if __name__ == "__main__":

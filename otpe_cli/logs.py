@@ -181,14 +181,17 @@ class RunLogger:
         except OSError as exc:
             raise unwritable(path, exc) from None
 
-    def drop_interrupted_summary(self) -> None:
-        """A resumed run is in progress again: its "interrupted" summary no longer holds."""
-        path = self.run_dir / SUMMARY_NAME
+    def drop_stale_summary(self) -> None:
+        """The run is under way again (resumed, or continued past a finished end): the summary
+        of its last stop ("interrupted", "failed" or "finished") no longer holds. Removed, so
+        that if this run ends before it writes its own, nothing reports the old one as its
+        result (a rerun of a run whose final summary was lost finishes it again)."""
         try:
-            if json.loads(path.read_text()).get("status") == "interrupted":
-                path.unlink()
-        except (OSError, ValueError, AttributeError):
+            (self.run_dir / SUMMARY_NAME).unlink()
+        except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise unwritable(self.run_dir / SUMMARY_NAME, exc) from None
 
     def finish(self, summary: dict, final_table: dict, failed: bool = False) -> None:
         self.console.close()

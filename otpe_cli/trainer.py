@@ -307,9 +307,14 @@ class Trainer:
                 "more).")
         if floor(1, steps=1) <= free:  # the time steps are what does not fit
             also = unaligned if floor(1, aligned=False) <= free else ""
+            if OmegaConf.select(self.cfg, "dataset.binning") == "fixed":  # T = t_max / dt
+                key, lower = f"T={steps} (dataset.t_max / dataset.dt)", \
+                    "raise dataset.dt or lower dataset.t_max"
+            else:
+                key, lower = f"dataset.num_steps={steps}", "lower dataset.num_steps"
             raise ValueError(
-                f"dataset.num_steps={steps} needs at least {floor(1) / 2**30:.1f} GiB even at "
-                f"batch size 1 for {where}: lower dataset.num_steps{also}.")
+                f"{key} needs at least {floor(1) / 2**30:.1f} GiB even at batch size 1 for "
+                f"{where}: {lower}{also}.")
         raise ValueError(
             f"model.width={self.cfg.model.width} needs at least {floor(1) / 2**30:.1f} GiB even "
             f"at batch size 1 for {where}: lower model.width or model.depth.")
@@ -425,7 +430,7 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, self.cfg, t.iterations, self.iteration,
                                 f"{self.algorithm.name}", self.wandb_run_id)
         self.logger.metrics.truncate_after(self.iteration)  # rows after the checkpoint go
-        self.logger.drop_interrupted_summary()  # this run is under way again
+        self.logger.drop_stale_summary()  # this run is under way again
         ckpt.remove_stale_temporaries(self.checkpoint_path)
         self.data.prepare()  # a test set drawn on first use is not the first iteration's time
         previous = {}
@@ -435,7 +440,7 @@ class Trainer:
             self._signal = PENDING_STOP[0]
         self._t0 = time.time()
         try:
-            last_eval = self._loop()
+            return self._finish(self._loop())
         except BaseException as exc:
             preempted = isinstance(exc, Interrupted)
             if not preempted and isinstance(exc, Exception):  # the run failed: say so there
@@ -445,7 +450,6 @@ class Trainer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-        return self._finish(last_eval)
 
     def _loop(self) -> dict:
         t = self.cfg.trainer

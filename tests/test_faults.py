@@ -684,6 +684,20 @@ def test_too_many_time_steps_for_free_memory_name_the_time_steps(make_cfg, tmp_p
             "even at batch size 1", f"T={steps}", hint)
 
 
+def test_too_many_fixed_bins_for_free_memory_name_dt_and_t_max(tmp_path, shd_cfg, monkeypatch):
+    """SHD with fixed bins takes T from t_max / dt, not from dataset.num_steps."""
+    from otpe_cli import build_algorithm
+    from otpe_cli import trainer as trainer_module
+
+    steps = 2000  # 2 s in 1 ms bins
+    at_batch_1 = build_algorithm("bptt").memory_floor([700, 8, 8, 20], 1, steps, 4, True)
+    monkeypatch.setattr(trainer_module, "available_memory", lambda device: at_batch_1 - 1)
+    refused(shd_cfg("algorithm=bptt", "dataset.binning=fixed", "dataset.dt=0.001",
+                    "dataset.t_max=2.0"), tmp_path / "run",
+            f"T={steps} (dataset.t_max / dataset.dt) needs at least", "even at batch size 1",
+            "raise dataset.dt or lower dataset.t_max.")
+
+
 def test_a_network_too_wide_for_free_memory_is_refused_before_it_is_built(make_cfg, tmp_path,
                                                                             monkeypatch):
     """Even one sample does not fit: the width is named, and no weight is allocated (a

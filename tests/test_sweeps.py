@@ -58,7 +58,7 @@ def test_a_sweep_job_whose_directory_is_in_use_is_named_and_the_sweep_exits_1(tm
     """A sweep run again while its first run still trains one of its jobs: that job is
     refused (its directory is the other process's), the others run, and the sweep ends with
     exit 1 naming it; no mark is left behind."""
-    from otpe_cli.cli import BUSY_NAME, run_dir_lock
+    from otpe_cli.cli import FAILED_MARK, run_dir_lock
 
     sweep = tmp_path / "sweep"
     busy = sweep / "0_ottt_d3_s0"
@@ -69,8 +69,63 @@ def test_a_sweep_job_whose_directory_is_in_use_is_named_and_the_sweep_exits_1(tm
     assert "Traceback" not in res.stderr
     assert f"otpe-train: error: 1 job(s) of the sweep in {sweep} failed" in res.stderr
     assert f"  {busy}: the run directory {busy} is in use by another otpe-train" in res.stderr
-    assert not (busy / "summary.json").exists() and not (busy / BUSY_NAME).exists()
+    assert not (busy / "summary.json").exists() and not (busy / FAILED_MARK).exists()
     assert summary(sweep / "1_otpe_d3_s0")["status"] == "finished"
+
+
+def test_a_resumed_sweep_job_refused_beside_its_checkpoint_is_counted_as_failed(tmp_path,
+                                                                                 cli):
+    """A sweep run again with a changed setting: its job's checkpoint (another config) is
+    kept and the job refused; its summary.json stays the earlier run's, so a mark carries the
+    failure to the sweep's end, which exits 1 naming it (it used to exit 0)."""
+    from otpe_cli.cli import FAILED_MARK
+
+    sweep = tmp_path / "sweep"
+    job = sweep / "0_otpe_d3_s0"
+    args = ["-m", *TINY_SWEEP, "trainer.seed=0", f"hydra.sweep.dir={sweep}"]
+    assert cli(args, cwd=tmp_path).returncode == 0
+    before = (job / "summary.json").read_bytes(), (job / "checkpoint.pt").read_bytes()
+    res = cli([*args, "optimizer.lr=0.5", "trainer.iterations=4"], cwd=tmp_path)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert f"otpe-train: error: 1 job(s) of the sweep in {sweep} failed" in res.stderr
+    assert f"  {job}: checkpoint {job / 'checkpoint.pt'} was made with a different " \
+           "configuration (optimizer.lr is 0.001 in the checkpoint but 0.5 now)" in res.stderr
+    assert ((job / "summary.json").read_bytes(), (job / "checkpoint.pt").read_bytes()) == before
+    assert not (job / FAILED_MARK).exists()
+
+
+# a full disk for a real otpe-train sweep (loaded through PYTHONPATH): every run file fails
+FULL_DISK_SITE = """
+import builtins, io, os
+_open = io.open
+def _open_on_full_disk(file, mode="r", *args, **kwargs):
+    name = os.path.basename(str(file))
+    if ("w" in mode or "a" in mode) and (name.endswith(("metrics.jsonl", ".tmp"))
+                                         or name == ".otpe-train.failed"):
+        return _open("/dev/full", "w", *args, **kwargs)  # every write: ENOSPC
+    return _open(file, mode, *args, **kwargs)
+builtins.open = io.open = _open_on_full_disk  # (pathlib writes through io.open)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_sweep_on_a_full_disk_does_not_end_as_a_success(tmp_path, cli):
+    """Where not even the job's failure can be recorded, the job's error is left to Hydra,
+    which ends the sweep with it (exit 1) once the other jobs have been tried, rather than the
+    sweep exiting 0."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FULL_DISK_SITE)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    sweep = tmp_path / "sweep"
+    res = cli(["-m", *TINY_SWEEP, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}"],
+              cwd=tmp_path, env={"PYTHONPATH": path})
+    assert res.returncode == 1, res.stderr[-3000:]
+    for job in (sweep / "0_otpe_d3_s0", sweep / "1_otpe_d3_s1"):
+        assert f"otpe-train: error: {job}: {job / 'metrics.jsonl'} cannot be written (" \
+            in res.stderr
+        assert not (job / "summary.json").exists()
 
 
 def test_joblib_sweep_runs_parallel_jobs_and_survives_a_failure(tmp_path, cli):
