@@ -398,6 +398,33 @@ def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
     assert [r["iter"] for r in rows[-2:]] == [42, 44]
 
 
+def test_a_continued_run_whose_final_summary_is_lost_finishes_on_the_rerun(make_cfg, tmp_path,
+                                                                           baseline,
+                                                                           monkeypatch):
+    """Continued past its end, a run drops its old "finished" summary as it starts: if its new
+    final summary cannot be written, the rerun does not answer "already finished" with the old
+    results but finishes the run (from the checkpoint at its new end)."""
+    from otpe_cli.logs import OutputError, RunLogger
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    real_write = RunLogger.write_summary
+
+    def write_summary(self, summary):
+        if summary["status"] in ("finished", "failed"):
+            raise OutputError("summary.json cannot be written (disk full)")
+        return real_write(self, summary)
+
+    with monkeypatch.context() as m:
+        m.setattr(RunLogger, "write_summary", write_summary)
+        with pytest.raises(OutputError):
+            run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
+    assert not (run_dir / "summary.json").exists()  # not the stale "finished" at 40
+    summary = run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
+    assert summary["status"] == "finished" and summary["iter"] == 44
+    assert json.loads((run_dir / "summary.json").read_text())["iter"] == 44
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that dies half-way leaves the previous checkpoint as it was, and no litter."""
     path = tmp_path / "checkpoint.pt"
