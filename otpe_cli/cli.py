@@ -98,10 +98,18 @@ class StopParallelSweep(Callback):
         if not _children_handling(signal.SIGTERM):
             # No job has started, so there is nothing to checkpoint; and a Ctrl-C that reached
             # the workers too kills those still unpickling their first job, which joblib would
-            # report with a traceback. Stop now instead (joblib ends its workers on the way out).
+            # report with a traceback. Stop now instead. Not by raising SystemExit here: it can
+            # land inside joblib's start-up (a thread's start), which then reports it with a
+            # traceback. Workers still starting die of SIGTERM; loky's resource tracker ignores
+            # it and cleans up once this process has gone.
             _say(f"otpe-train: {name} before any job of the sweep started; run the same sweep "
                  f"command with hydra.sweep.dir={self.sweep_dir} to start it again.\n")
-            raise SystemExit(128 + signum)
+            for pid in _children_handling(None):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            os._exit(128 + signum)
         _say(f"otpe-train: {name}: stopping the sweep; running jobs checkpoint at the end of "
              "their iteration, jobs not started are skipped.\n")
         threading.Thread(target=self._pass_on, daemon=True).start()
@@ -139,17 +147,27 @@ def _say(line: str) -> None:
         pass
 
 
-def _children_handling(sig: int) -> list[int]:
+def _children_handling(sig: int | None) -> list[int]:
     """PIDs of this process's children that have a handler for ``sig`` (Linux /proc: the
-    ``SigCgt`` mask; elsewhere none are found). loky's resource tracker ignores SIGTERM, and a
-    worker still importing would die of it."""
+    ``SigCgt`` mask; elsewhere none are found), or all of them for None. loky's resource
+    tracker ignores SIGTERM, and a worker still importing would die of it. A child forked but
+    not yet exec'd (its command line still ours) has our handlers without being a worker."""
     me, found = os.getpid(), []
+    try:
+        own_cmdline = Path(f"/proc/{me}/cmdline").read_bytes()
+    except OSError:
+        own_cmdline = None
     for entry in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in entry.read_text().splitlines()
                           if ":\t" in line)
-            if int(fields["PPid"]) == me and int(fields["SigCgt"], 16) >> (sig - 1) & 1:
-                found.append(int(entry.parent.name))
+            if int(fields["PPid"]) != me:
+                continue
+            if sig is not None and not (
+                    int(fields["SigCgt"], 16) >> (sig - 1) & 1
+                    and (entry.parent / "cmdline").read_bytes() != own_cmdline):
+                continue
+            found.append(int(entry.parent.name))
         except (OSError, ValueError, KeyError):
             continue
     return found
@@ -363,7 +381,10 @@ def _hydra_main(cfg):
     worker = multirun and launcher.endswith("JoblibLauncher")  # one of joblib's processes
     if worker:
         os.environ["OTPE_PARALLEL_JOB"] = "1"  # parallel bars would overwrite each other
-        for sig in STOP_SIGNALS:  # a stop between jobs is remembered: the next job is skipped
+        # a stop between jobs is remembered: the next job is skipped. SIGTERM last: the parent
+        # takes a child that handles SIGTERM for one that has begun a job, which must then
+        # survive the rest of a Ctrl-C (see StopParallelSweep._stop)
+        for sig in sorted(STOP_SIGNALS, key=lambda s: s == signal.SIGTERM):
             signal.signal(sig, lambda signum, _: PENDING_STOP.append(signum))
         if PENDING_STOP:
             log.warning("sweep stopping: %s not started", run_dir)
