@@ -81,13 +81,13 @@ class StopParallelSweep(Callback):
         return {}                     # parent's handlers, event and thread stay with it
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        from .trainer import STOP_SIGNALS
+        from .trainer import stop_signals
 
         self.signum, self.previous, self.done = None, {}, threading.Event()
         self.sweep_dir = str(config.hydra.sweep.dir)
         target = str(config.hydra.launcher.get("_target_", ""))
         if target.endswith("JoblibLauncher"):
-            for sig in STOP_SIGNALS:
+            for sig in stop_signals():
                 self.previous[sig] = signal.signal(sig, self._stop)
 
     def _stop(self, signum, frame) -> None:
@@ -369,7 +369,7 @@ def _warn_about_unused_settings(cfg, hc, multirun: bool) -> None:
 
 @hydra.main(config_path="pkg://otpe_cli.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg):
-    from .trainer import PENDING_STOP, STOP_SIGNALS, Interrupted, NonFiniteError
+    from .trainer import PENDING_STOP, Interrupted, NonFiniteError, stop_signals
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -384,7 +384,7 @@ def _hydra_main(cfg):
         # a stop between jobs is remembered: the next job is skipped. SIGTERM last: the parent
         # takes a child that handles SIGTERM for one that has begun a job, which must then
         # survive the rest of a Ctrl-C (see StopParallelSweep._stop)
-        for sig in sorted(STOP_SIGNALS, key=lambda s: s == signal.SIGTERM):
+        for sig in sorted(stop_signals(), key=lambda s: s == signal.SIGTERM):
             signal.signal(sig, lambda signum, _: PENDING_STOP.append(signum))
         if PENDING_STOP:
             log.warning("sweep stopping: %s not started", run_dir)
@@ -407,7 +407,7 @@ def _hydra_main(cfg):
 
     startup = {}  # (joblib workers and submitit jobs have handlers of their own)
     if not worker and handover is None and threading.current_thread() is threading.main_thread():
-        startup = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS
+        startup = {sig: signal.signal(sig, _raise_stop) for sig in stop_signals()
                    if sig != signal.SIGINT}
     again = f"same sweep command with hydra.sweep.dir={hc.sweep.dir}" if multirun \
         else f"same command with hydra.run.dir={run_dir}"

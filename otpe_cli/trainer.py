@@ -29,6 +29,14 @@ from .snn import SNN
 #: terminal or ssh session went away)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP")
                      if hasattr(signal, name))
+
+
+def stop_signals() -> list[int]:
+    """The stop signals this process answers: those it does not ignore (``nohup`` ignores
+    SIGHUP, and a run started under it must train on through a hangup)."""
+    return [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 #: stop signals that reached this process outside a training loop (a parallel sweep's worker
 #: between jobs, or while a job builds its data): the next loop stops at once, checkpointed
 PENDING_STOP: list[int] = []
@@ -435,7 +443,7 @@ class Trainer:
         self.data.prepare()  # a test set drawn on first use is not the first iteration's time
         previous = {}
         if threading.current_thread() is threading.main_thread():  # (signals need it)
-            previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+            previous = {s: signal.signal(s, self._on_signal) for s in stop_signals()}
         if PENDING_STOP:
             self._signal = PENDING_STOP[0]
         self._t0 = time.time()

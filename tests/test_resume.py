@@ -179,6 +179,22 @@ def test_a_stop_signal_while_a_run_starts_up_is_answered_in_words(tmp_path, sig)
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+def test_a_run_started_under_nohup_trains_on_through_a_hangup(tmp_path, baseline):
+    """``nohup`` ignores SIGHUP; the run must not stop on it (it used to install its own
+    handler over the ignore, and a closed ssh session stopped the run)."""
+    run_dir, log = tmp_path / "run", tmp_path / "log"
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **ENV}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [exe(), *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup does
+    wait_for_iter(proc, run_dir, 10, log)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()[-3000:]
+    assert_same_run(run_dir, baseline)
+
+
 def test_finished_run_started_again_says_so_and_changes_nothing(tmp_path, baseline, cli):
     run_dir = tmp_path / "run"
     shutil.copytree(baseline, run_dir)
