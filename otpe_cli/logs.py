@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -32,11 +33,16 @@ def write_failure(path: Path, exc: Exception) -> str:
     return why
 
 
-def unwritable(path: Path, exc: OSError) -> OutputError:
-    """The one sentence for a run file that cannot be written."""
-    return OutputError(f"{path} cannot be written ({write_failure(path, exc)}); the last "
-                       "checkpoint, if any, is kept: free some space and run the same command "
-                       "again to resume.")
+@contextmanager
+def writing(path: Path):
+    """Writes to the run file ``path`` inside: an OSError becomes the one sentence for a run
+    file that cannot be written."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{path} cannot be written ({write_failure(path, exc)}); the last "
+                          "checkpoint, if any, is kept: free some space and run the same "
+                          "command again to resume.") from None
 
 
 def _clean(value):
@@ -46,10 +52,15 @@ def _clean(value):
     return value
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside ``path``, then rename over it: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -72,19 +83,13 @@ class MetricsFile:
 
     def truncate_after(self, iteration: int) -> None:
         rows = [r for r in read_metrics(self.path) if r.get("iter", 0) <= iteration]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise unwritable(self.path, exc) from None
+        with writing(self.path):
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-        except OSError as exc:  # (a torn last line is dropped by read_metrics and truncate_after)
-            raise unwritable(self.path, exc) from None
+        # (a torn last line is dropped by read_metrics and truncate_after)
+        with writing(self.path), open(self.path, "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
 
 
 class ConsoleProgress:
@@ -176,22 +181,17 @@ class RunLogger:
 
     def write_summary(self, summary: dict) -> None:
         path = self.run_dir / SUMMARY_NAME
-        try:
+        with writing(path):
             write_json_atomic(path, {k: _clean(v) for k, v in summary.items()})
-        except OSError as exc:
-            raise unwritable(path, exc) from None
 
     def drop_stale_summary(self) -> None:
         """The run is under way again (resumed, or continued past a finished end): the summary
         of its last stop ("interrupted", "failed" or "finished") no longer holds. Removed, so
         that if this run ends before it writes its own, nothing reports the old one as its
         result (a rerun of a run whose final summary was lost finishes it again)."""
-        try:
-            (self.run_dir / SUMMARY_NAME).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise unwritable(self.run_dir / SUMMARY_NAME, exc) from None
+        path = self.run_dir / SUMMARY_NAME
+        with writing(path):
+            path.unlink(missing_ok=True)
 
     def finish(self, summary: dict, final_table: dict, failed: bool = False) -> None:
         self.console.close()
