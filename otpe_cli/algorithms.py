@@ -16,6 +16,10 @@ from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
+#: Offline, the rules with N_out × N_in traces advance them once per this many steps (exactly:
+#: see `rules.base`); online they must every step, as the parameters change every step.
+TRACE_BLOCK = 32
+
 
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
     return [torch.zeros_like(p) for p in model.parameters()]
@@ -47,18 +51,24 @@ def online_pass(
 ):
     """Run the network forward once over x (T, B, N_in), driving one rule per layer.
 
-    Per step: each layer's LIF step and trace update, the output error, one spatial sweep down
-    the layers (e^{l−1} = Wᵀ(e ⊙ m)); nothing flows back in time and no graph is kept.
+    Per step: each layer's LIF step and rule update, the output error, one spatial sweep down
+    the layers (e^{l−1} = Wᵀ(e ⊙ m)); nothing flows back in time and no graph is kept. The
+    rules' N_out × N_in traces advance every ``TRACE_BLOCK`` steps offline, every step online.
     Offline (``on_step`` None): returns G = (1/T)·Σ_t g_t. Online: ``on_step(g_t)`` is called
     every step (it applies the optimizer) and the buffers are cleared after it.
     Returns (gradients aligned with ``model.parameters()``, SequenceStats).
     """
     T, B, _ = x.shape
     layers = model.layers
+    block = 1 if on_step is not None else TRACE_BLOCK
     grads = _zeros_like_params(model)
     grad_w, grad_b = grads[0::2], grads[1::2]
     with torch.no_grad():
-        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace)
+        block = min(block, T)
+        # one work space for every layer's block sum (see rules.base.advance_trace)
+        scratch = x.new_empty(max(B * layer.n_out * layer.n_in for layer in layers)
+                              if block > 1 and any(RULES[n].full_traces for n in rule_names) else 0)
+        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace, block, scratch)
                  for name, layer in zip(rule_names, layers)]
         us = [x.new_zeros(B, layer.n_out) for layer in layers]
         spike_counts = [x.new_zeros(B, layer.n_out) for layer in layers]
@@ -76,6 +86,9 @@ def online_pass(
                 e = rules[i].accumulate(e, grad_w[i], grad_b[i])
                 if i:
                     e = e @ layers[i].weight
+            if (t + 1) % block == 0 or t == T - 1:
+                for rule, gw, gb in zip(rules, grad_w, grad_b):
+                    rule.flush(gw, gb)
             if on_step is not None:
                 on_step(grads)
                 for g in grads:

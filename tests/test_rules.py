@@ -617,9 +617,11 @@ def test_spike_at_exact_threshold():
 @pytest.mark.parametrize("alg", ["otpe", "f_otpe"])
 def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg):
     """OTPE stores R̂ as β^t·R̃ and folds the scale back in when it gets small; force that fold
-    every few steps and hold the result to the reference."""
+    (with blocks of 4 steps, at every other block) and hold the result to the reference."""
+    import otpe_cli.algorithms as algorithms
     import otpe_cli.rules.otpe as otpe_rule
-    monkeypatch.setattr(otpe_rule, "_RENORMALISE_BELOW", 0.8)  # β^5 ≈ 0.78: folds every 5 steps
+    monkeypatch.setattr(otpe_rule, "_RENORMALISE_BELOW", 0.8)
+    monkeypatch.setattr(algorithms, "TRACE_BLOCK", 4)  # β^4 ≈ 0.82 ≥ 0.8 > β^8 ≈ 0.68
     _, sequence_gradients = _prod()
     sizes, T, B = [6, 5, 4, 3], 23, 3
     x = make_x(T, B, sizes[0], "spikes", seed=11)
@@ -628,3 +630,76 @@ def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg)
     P = model_params(model, 3)
     got = as_list(sequence_gradients(alg, model, x, y), 3)
     assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with renormalisation")
+
+
+# Offline, the rules with N_out × N_in traces (OSTL, OTPE) advance them once per block of
+# TRACE_BLOCK steps with a closed form (rules.base). Whatever the block — one step, a divisor of
+# T, blocks that leave a shorter last one, longer than T — the gradient is the reference's.
+@pytest.mark.parametrize("block", [1, 2, 4, 5, 64])
+@pytest.mark.parametrize("alg", RULES)
+def test_every_trace_block_matches_reference(monkeypatch, alg, block):
+    import otpe_cli.algorithms as algorithms
+    monkeypatch.setattr(algorithms, "TRACE_BLOCK", block)
+    _, sequence_gradients = _prod()
+    sizes, T, B = [6, 5, 4, 3], 13, 3
+    x = make_x(T, B, sizes[0], "counts", seed=5)
+    y = make_y(B, sizes[-1], seed=5)
+    model = build_active_model(sizes, x)
+    assert_active(model, x, 3)
+    P = model_params(model, 3)
+    got = as_list(sequence_gradients(alg, model, x, y), 3)
+    assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with blocks of {block}")
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+@pytest.mark.parametrize("alg", RULES)
+def test_leak_zero_or_tiny_matches_reference(alg, beta):
+    """β = 0 (no memory), and a β whose decay over the block (β^20 = 1e-26: T = 20 is one
+    block) falls below OTPE's rescaling bound of 1e-20."""
+    _, sequence_gradients = _prod()
+    sizes, T, B = [6, 5, 4, 3], 20, 3
+    x = make_x(T, B, sizes[0], "counts", seed=8)
+    y = make_y(B, sizes[-1], seed=8)
+    model = build_active_model(sizes, x, beta=beta)
+    assert_active(model, x, 3, beta)
+    P = model_params(model, 3)
+    got = as_list(sequence_gradients(alg, model, x, y), 3)
+    assert_grads_close(got, reference_for(alg, {}, P, x, y, beta), f"{alg} with beta={beta}")
+
+
+def test_block_helpers_against_plain_loops():
+    """reverse_scan, suffix_products and advance_trace against step-by-step float64 loops, with
+    decays that are exactly 0 (a spike at exactly θ) and negative (θ·ψ > 1)."""
+    from otpe_cli.rules.base import advance_trace, reverse_scan, suffix_products
+    g = torch.Generator().manual_seed(0)
+    K, B, O, I = 5, 3, 4, 6
+    decays = torch.rand(K, B, O, generator=g, dtype=torch.float64) * 2 - 0.5
+    decays[2, 1, 3] = 0.0
+    direct = torch.randn(K, B, O, generator=g, dtype=torch.float64)
+    inputs = torch.randn(K, B, I, generator=g, dtype=torch.float64)
+    trace0 = torch.randn(O, B, I, generator=g, dtype=torch.float64)
+    # the recurrence x_k = decay_k ⊙row x_{k−1} + inputs_k, run step by step
+    states, x = [], trace0.clone()
+    for k in range(K):
+        x = decays[k].t().unsqueeze(2) * x + inputs[k].unsqueeze(0)
+        states.append(x)
+    # reverse_scan: Σ_k direct_k ⊙row x_k = (decay_0 λ_0) ⊙row x_{−1} + Σ_k λ_k ⊗ inputs_k
+    lam = reverse_scan(direct, decays)
+    want = sum(direct[k].t().unsqueeze(2) * states[k] for k in range(K))
+    got = (decays[0] * lam[0]).t().unsqueeze(2) * trace0 + sum(
+        lam[k].t().unsqueeze(2) * inputs[k].unsqueeze(0) for k in range(K))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(reverse_scan(direct, 0.5)[-1], direct[-1])
+    # suffix_products + advance_trace: the block's end state in one pass
+    products = suffix_products(decays)
+    assert torch.equal(products[-1], torch.ones(B, O, dtype=torch.float64))
+    assert torch.equal(products[3], decays[3] * decays[4])  # row k + 1: Π_{n > k}, k = 2
+    work = torch.empty(B, O, I, dtype=torch.float64)
+    trace = trace0.clone()
+    advance_trace(trace, products[0], products[1:], inputs, work)
+    assert torch.allclose(trace, states[-1], rtol=1e-12, atol=1e-12)
+    # no keep (the trace's own decay applied elsewhere): a plain sum is added
+    trace = trace0.clone()
+    advance_trace(trace, None, direct[:2], inputs[:2], work)
+    assert torch.allclose(trace, trace0 + sum(direct[k].t().unsqueeze(2) * inputs[k]
+                                              for k in range(2)), rtol=1e-12, atol=1e-12)
