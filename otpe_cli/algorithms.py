@@ -11,13 +11,13 @@ from typing import Callable
 import torch
 
 from .rules import COMPOSITES, RULES
-from .rules.base import FactorisedRule
+from .rules.base import FactorisedRule, leaky_sum
 from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
-#: Offline, the rules with N_out × N_in traces advance them once per this many steps (exactly:
-#: see `rules.base`); online they must every step, as the parameters change every step.
+#: Offline, the online loop runs this many time steps at a time (exactly: see `rules.base`);
+#: online it must run one, as the parameters change every step.
 TRACE_BLOCK = 32
 
 
@@ -51,44 +51,41 @@ def online_pass(
 ):
     """Run the network forward once over x (T, B, N_in), driving one rule per layer.
 
-    Per step: each layer's LIF step and rule update, the output error, one spatial sweep down
-    the layers (e^{l−1} = Wᵀ(e ⊙ m)); nothing flows back in time and no graph is kept. The
-    rules' N_out × N_in traces advance every ``TRACE_BLOCK`` steps offline, every step online.
-    Offline (``on_step`` None): returns G = (1/T)·Σ_t g_t. Online: ``on_step(g_t)`` is called
-    every step (it applies the optimizer) and the buffers are cleared after it.
-    Returns (gradients aligned with ``model.parameters()``, SequenceStats).
+    At every step t: each layer's LIF step and rule update, the output error, one spatial sweep
+    down the layers (e^{l−1}_t = Wᵀ(e_t ⊙ m_t)); nothing flows back in time and no graph is
+    kept. Nothing at step t depends on a later step, and nothing but the membranes on an
+    earlier one except through the rules' linear traces, so offline the loop goes through
+    ``TRACE_BLOCK`` steps at a time: each layer's K steps (one matrix product for the input
+    currents, the membrane step by step), the K output errors, the sweep of the K errors, and
+    each rule's state over the block in closed form (`rules.base`). The memory it adds is the
+    block's, whatever T. Online (``on_step`` given) the block is one step: ``on_step(g_t)``
+    applies the optimizer at every step and the buffers are cleared after it. Offline returns
+    G = (1/T)·Σ_t g_t. Returns (gradients aligned with ``model.parameters()``, SequenceStats).
     """
     T, B, _ = x.shape
     layers = model.layers
-    block = 1 if on_step is not None else TRACE_BLOCK
+    block = 1 if on_step is not None else min(TRACE_BLOCK, T)
     grads = _zeros_like_params(model)
     grad_w, grad_b = grads[0::2], grads[1::2]
     with torch.no_grad():
-        block = min(block, T)
-        # one work space for every layer's block sum (see rules.base.advance_trace)
-        scratch = x.new_empty(max(B * layer.n_out * layer.n_in for layer in layers)
-                              if block > 1 and any(RULES[n].full_traces for n in rule_names) else 0)
-        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace, block, scratch)
+        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace)
                  for name, layer in zip(rule_names, layers)]
         us = [x.new_zeros(B, layer.n_out) for layer in layers]
         spike_counts = [x.new_zeros(B, layer.n_out) for layer in layers]
         o = x.new_zeros(B, model.sizes[-1])
         loss = StepCrossEntropy(y, model.sizes[-1], x.dtype)
-        for t in range(T):
-            a = x[t]
+        for t in range(0, T, block):
+            a = x[t:t + block]
             for i, (layer, rule) in enumerate(zip(layers, rules)):
-                v, s, us[i] = model.lif(layer, us[i], a)
+                v, s, us[i] = model.lif_block(layer, us[i], a)
                 rule.update(a, surrogate(v, model.threshold, model.slope))
-                spike_counts[i].add_(s)
+                spike_counts[i].add_(s[0] if len(s) == 1 else s.sum(0))
                 a = s
-            e = loss.error(o.mul_(model.beta).add_(a) if readout == "trace" else a)
+            e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)
             for i in range(len(layers) - 1, -1, -1):
                 e = rules[i].accumulate(e, grad_w[i], grad_b[i])
                 if i:
                     e = e @ layers[i].weight
-            if (t + 1) % block == 0 or t == T - 1:
-                for rule, gw, gb in zip(rules, grad_w, grad_b):
-                    rule.flush(gw, gb)
             if on_step is not None:
                 on_step(grads)
                 for g in grads:

@@ -1,7 +1,8 @@
 """The LIF neuron and the feed-forward spiking network (SPEC §1).
 
-One LIF step (`lif_step`) serves every algorithm: BPTT runs it with autograd on, the online
-rules run it under ``torch.no_grad()`` and read the surrogate derivative ``surrogate(v)``.
+One LIF step (`membrane_step`) serves every algorithm: BPTT runs it with autograd on, the
+online rules run it under ``torch.no_grad()`` and read the surrogate derivative
+``surrogate(v)``.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
     return (v - threshold).abs_().mul_(slope).add_(1.0).reciprocal_().square_()
 
 
-def heaviside(v: torch.Tensor, threshold: float) -> torch.Tensor:
-    """H(v − θ) in v's dtype, H(0) = 1. Written straight into a float tensor: on CPU, a bool
-    comparison followed by a cast costs ~10× more, and this runs every layer and step."""
-    return torch.ge(v, threshold, out=torch.empty_like(v))
+def heaviside(v: torch.Tensor, threshold: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """H(v − θ) in v's dtype, H(0) = 1. Written straight into a float tensor (``out``, or a new
+    one): on CPU, a bool comparison followed by a cast costs ~10× more, and this runs every
+    layer and step."""
+    return torch.ge(v, threshold, out=torch.empty_like(v) if out is None else out)
 
 
 class _Spike(torch.autograd.Function):
@@ -54,15 +56,24 @@ def spike(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
     return heaviside(v, threshold)
 
 
-def lif_step(u, a, weight, bias, beta: float, threshold: float, slope: float):
-    """One LIF step of one layer (SPEC §1).
+def membrane_step(u, current, beta: float, threshold: float, slope: float, out=None):
+    """One LIF step of one layer given its input current I_t = W a_t + b (SPEC §1).
 
-    v_t = β·u_{t−1} + W a_t + b;  s_t = H(v_t − θ);  u_t = v_t − θ·s_t  (reset differentiated).
-    Returns (v_t, s_t, u_t).
+    v_t = β·u_{t−1} + I_t;  s_t = H(v_t − θ);  u_t = v_t − θ·s_t  (reset differentiated).
+    Returns (v_t, s_t, u_t). ``out``, a pair of tensors, receives v_t and s_t (no autograd).
     """
-    v = torch.addmm(bias, a, weight.t()).add_(u, alpha=beta)
-    s = spike(v, threshold, slope)
+    if out is None:
+        v = torch.add(current, u, alpha=beta)
+        s = spike(v, threshold, slope)
+    else:
+        v = torch.add(current, u, alpha=beta, out=out[0])
+        s = heaviside(v, threshold, out=out[1])
     return v, s, torch.sub(v, s, alpha=threshold)
+
+
+def lif_step(u, a, weight, bias, beta: float, threshold: float, slope: float):
+    """One LIF step of one layer on its input a_t: `membrane_step` of I_t = W a_t + b."""
+    return membrane_step(u, torch.addmm(bias, a, weight.t()), beta, threshold, slope)
 
 
 def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
@@ -109,8 +120,8 @@ def predict_correct(counts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class StepCrossEntropy:
     """The per-step loss L_t = batch-mean cross-entropy of logits z_t against y (SPEC §1), for
-    the online loop. ``error(z_t)`` returns ∂L_t/∂z_t = (softmax(z_t) − onehot(y))/B and keeps
-    Σ_t log softmax(z_t), so that ``mean_loss()`` = J = (1/T)·Σ_t L_t costs one op per step.
+    the online loop. ``error(z)`` returns ∂L_t/∂z_t = (softmax(z_t) − onehot(y))/B for the steps
+    of a block and keeps Σ_t log softmax(z_t), so that ``mean_loss()`` = J = (1/T)·Σ_t L_t.
     (BPTT differentiates the same J through ``SNN.sequence_loss``.)"""
 
     def __init__(self, y: torch.Tensor, num_classes: int, dtype: torch.dtype):
@@ -121,9 +132,10 @@ class StepCrossEntropy:
         self.steps = 0
 
     def error(self, z: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(z, dim=1)
-        self._logp_sum.add_(logp)
-        self.steps += 1
+        """z: the logits of K steps, (K, B, C); returns ∂L_t/∂z_t for each, (K, B, C)."""
+        logp = torch.log_softmax(z, dim=-1)
+        self._logp_sum.add_(logp.sum(0))
+        self.steps += z.shape[0]
         return torch.add(self._neg_target, logp.exp_(), alpha=1.0 / self.batch)
 
     def mean_loss(self) -> float:
@@ -187,6 +199,18 @@ class SNN(nn.Module):
 
     def lif(self, layer: LIFLayer, u, a):
         return lif_step(u, a, layer.weight, layer.bias, self.beta, self.threshold, self.slope)
+
+    def lif_block(self, layer: LIFLayer, u, a):
+        """K steps of one layer on its inputs a (K, B, N_in), without autograd: the input
+        currents of all K steps in one matrix product, then `membrane_step` at each step.
+        Returns v and s as (K, B, N_out) and the last u. (The network is feed-forward: a layer's K steps need
+        only the layer below's K steps.)"""
+        v = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t()).view(*a.shape[:2], -1)
+        s = torch.empty_like(v)
+        for k in range(len(v)):  # the currents are overwritten by the membranes
+            _, _, u = membrane_step(u, v[k], self.beta, self.threshold, self.slope,
+                                    out=(v[k], s[k]))
+        return v, s, u
 
     def forward(self, x: torch.Tensor, readout: str = "spikes"):
         """Unroll over x (T, B, N_in). Returns (logits (T, B, C), output spikes (T, B, C), rates)."""

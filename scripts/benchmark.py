@@ -63,24 +63,25 @@ def trace_floor(model, batch, steps, device):
 
 
 def rule_work(model, rule_name, batch, steps, device):
-    """Only a per-layer rule's own work, ``update`` + ``accumulate`` for every layer and step
-    and ``flush`` as the offline pass calls it, on fixed inputs: no forward pass, no loss, no
-    sweep (what the rule adds to the shared loop), with subnormals flushed as in that loop."""
+    """Only a per-layer rule's own work, ``update`` + ``accumulate`` for every layer and step,
+    in blocks of ``TRACE_BLOCK`` steps as the offline pass runs them, on fixed inputs: no
+    forward pass, no loss, no sweep (what the rule adds to the shared loop), with subnormals
+    flushed as in that loop."""
     with torch.no_grad(), _flushing_denormals():
-        rules = [RULES[rule_name](layer, batch, model.beta, model.threshold, False,
-                                  min(TRACE_BLOCK, steps)) for layer in model.layers]
-        a = [torch.rand(batch, layer.n_in, device=device) for layer in model.layers]
-        psi = [torch.rand(batch, layer.n_out, device=device) for layer in model.layers]
+        rules = [RULES[rule_name](layer, batch, model.beta, model.threshold)
+                 for layer in model.layers]
+        block = min(TRACE_BLOCK, steps)
+        a = [torch.rand(block, batch, layer.n_in, device=device) for layer in model.layers]
+        psi = [torch.rand(block, batch, layer.n_out, device=device) for layer in model.layers]
         grads = [(torch.zeros_like(layer.weight), torch.zeros_like(layer.bias))
                  for layer in model.layers]
         sync(device)
         tic = time.perf_counter()
-        for t in range(steps):
+        for t in range(0, steps, block):
+            k = min(block, steps - t)
             for rule, ai, pi, (gw, gb) in zip(rules, a, psi, grads):
-                rule.update(ai, pi)
-                rule.accumulate(pi, gw, gb)
-                if (t + 1) % TRACE_BLOCK == 0 or t == steps - 1:
-                    rule.flush(gw, gb)
+                rule.update(ai[:k], pi[:k])
+                rule.accumulate(pi[:k], gw, gb)
         sync(device)
     return time.perf_counter() - tic
 

@@ -500,17 +500,30 @@ def test_depth1_exactness(sizes, kind):
 
 
 def test_gbar_is_leaky_average():
-    """SPEC 5.3 in production: the recursive ḡ the online rules keep (``GBar``) equals the
-    closed-form normalised leaky average Σ_k β^{t−k} ψ_k / Σ_k β^{t−k} at every step."""
+    """SPEC 5.3 in production: the ḡ the online rules keep (``GBar``), fed one step at a time
+    or in blocks of steps, equals the recursion ḡ_t = r_t·ḡ_{t−1} + (1 − r_t)·ψ_t run by hand
+    and the closed-form normalised leaky average Σ_k β^{t−k} ψ_k / Σ_k β^{t−k} at every step."""
     from otpe_cli.rules.base import GBar
 
     rng = np.random.default_rng(1)
-    for beta in (BETA, 0.5, 0.99):
+    for beta in (BETA, 0.5, 0.99, 0.0):
         psis = rng.random((30, 4, 3))
-        gbar = GBar(beta)
-        got = np.stack([gbar.update(torch.from_numpy(p)).numpy().copy() for p in psis])
-        assert np.allclose(got, ref.ref_leaky_average(psis, beta), rtol=1e-12, atol=1e-15)
-        assert np.array_equal(got[0], psis[0])  # ḡ_1 = ψ_1
+        want = ref.ref_leaky_average(psis, beta)
+        recursion, c, g = [], 0.0, None
+        for p in psis:
+            c_prev, c = c, beta * c + 1.0
+            r = beta * c_prev / c
+            g = p.copy() if g is None else r * g + (1 - r) * p
+            recursion.append(g)
+        assert np.allclose(want, np.stack(recursion), rtol=1e-12, atol=1e-15)
+        for blocks in ([1] * 30, [7, 1, 13, 9], [30]):
+            gbar, got, t = GBar(beta), [], 0
+            for k in blocks:
+                got.append(gbar.update(torch.from_numpy(psis[t:t + k])).numpy().copy())
+                t += k
+            got = np.concatenate(got)
+            assert np.allclose(got, want, rtol=1e-12, atol=1e-15), (beta, blocks)
+            assert np.allclose(got[0], psis[0], rtol=1e-15, atol=0)  # ḡ_1 = ψ_1
 
 
 def test_deep_alignment_ordering():
@@ -632,23 +645,25 @@ def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg)
     assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with renormalisation")
 
 
-# Offline, the rules with N_out × N_in traces (OSTL, OTPE) advance them once per block of
-# TRACE_BLOCK steps with a closed form (rules.base). Whatever the block — one step, a divisor of
-# T, blocks that leave a shorter last one, longer than T — the gradient is the reference's.
+# Offline, the online loop runs TRACE_BLOCK steps at a time and every rule advances its state
+# over a block in closed form (rules.base). Whatever the block — one step, a divisor of T,
+# blocks that leave a shorter last one, longer than T — the gradient is the reference's.
 @pytest.mark.parametrize("block", [1, 2, 4, 5, 64])
-@pytest.mark.parametrize("alg", RULES)
-def test_every_trace_block_matches_reference(monkeypatch, alg, block):
+@pytest.mark.parametrize("variant", VARIANTS[2:], ids=[_variant_id(v) for v in VARIANTS[2:]])
+def test_every_trace_block_matches_reference(monkeypatch, variant, block):
     import otpe_cli.algorithms as algorithms
     monkeypatch.setattr(algorithms, "TRACE_BLOCK", block)
     _, sequence_gradients = _prod()
+    alg, kwargs = variant
     sizes, T, B = [6, 5, 4, 3], 13, 3
     x = make_x(T, B, sizes[0], "counts", seed=5)
     y = make_y(B, sizes[-1], seed=5)
     model = build_active_model(sizes, x)
     assert_active(model, x, 3)
     P = model_params(model, 3)
-    got = as_list(sequence_gradients(alg, model, x, y), 3)
-    assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with blocks of {block}")
+    got = as_list(sequence_gradients(alg, model, x, y, **kwargs), 3)
+    assert_grads_close(got, reference_for(alg, kwargs, P, x, y),
+                       f"{_variant_id(variant)} with blocks of {block}")
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.05])
@@ -668,38 +683,53 @@ def test_leak_zero_or_tiny_matches_reference(alg, beta):
 
 
 def test_block_helpers_against_plain_loops():
-    """reverse_scan, suffix_products and advance_trace against step-by-step float64 loops, with
-    decays that are exactly 0 (a spike at exactly θ) and negative (θ·ψ > 1)."""
-    from otpe_cli.rules.base import advance_trace, reverse_scan, suffix_products
+    """reverse_scan, suffix_products, advance_trace, contract_batch and leaky_sum against
+    step-by-step float64 loops, with decays that are exactly 0 (a spike at exactly θ) and
+    negative (θ·ψ > 1)."""
+    from otpe_cli.rules.base import (advance_trace, contract_batch, leaky_sum, reverse_scan,
+                                     suffix_products)
     g = torch.Generator().manual_seed(0)
     K, B, O, I = 5, 3, 4, 6
     decays = torch.rand(K, B, O, generator=g, dtype=torch.float64) * 2 - 0.5
     decays[2, 1, 3] = 0.0
     direct = torch.randn(K, B, O, generator=g, dtype=torch.float64)
     inputs = torch.randn(K, B, I, generator=g, dtype=torch.float64)
-    trace0 = torch.randn(O, B, I, generator=g, dtype=torch.float64)
-    # the recurrence x_k = decay_k ⊙row x_{k−1} + inputs_k, run step by step
+    trace0 = torch.randn(B, O, I, generator=g, dtype=torch.float64)
+    row = lambda v: v.unsqueeze(2)  # noqa: E731  (B, O) → scales each row of a (B, O, I) trace
+    # the recurrence x_k = decay_k ⊙row x_{k−1} + 1·inputs_kᵀ, run step by step
     states, x = [], trace0.clone()
     for k in range(K):
-        x = decays[k].t().unsqueeze(2) * x + inputs[k].unsqueeze(0)
+        x = row(decays[k]) * x + inputs[k].unsqueeze(1)
         states.append(x)
     # reverse_scan: Σ_k direct_k ⊙row x_k = (decay_0 λ_0) ⊙row x_{−1} + Σ_k λ_k ⊗ inputs_k
     lam = reverse_scan(direct, decays)
-    want = sum(direct[k].t().unsqueeze(2) * states[k] for k in range(K))
-    got = (decays[0] * lam[0]).t().unsqueeze(2) * trace0 + sum(
-        lam[k].t().unsqueeze(2) * inputs[k].unsqueeze(0) for k in range(K))
+    want = sum(row(direct[k]) * states[k] for k in range(K))
+    got = row(decays[0] * lam[0]) * trace0 + sum(
+        row(lam[k]) * inputs[k].unsqueeze(1) for k in range(K))
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     assert torch.equal(reverse_scan(direct, 0.5)[-1], direct[-1])
-    # suffix_products + advance_trace: the block's end state in one pass
+    # contract_batch sums a trace's rows over the batch, weighted
+    grad = torch.ones(O, I, dtype=torch.float64)
+    contract_batch(direct[0], trace0, grad)
+    assert torch.allclose(grad, 1 + (row(direct[0]) * trace0).sum(0), rtol=1e-12, atol=1e-12)
+    # suffix_products + advance_trace: the block's end state
     products = suffix_products(decays)
     assert torch.equal(products[-1], torch.ones(B, O, dtype=torch.float64))
     assert torch.equal(products[3], decays[3] * decays[4])  # row k + 1: Π_{n > k}, k = 2
-    work = torch.empty(B, O, I, dtype=torch.float64)
     trace = trace0.clone()
-    advance_trace(trace, products[0], products[1:], inputs, work)
+    advance_trace(trace, products[0], products[1:], inputs)
     assert torch.allclose(trace, states[-1], rtol=1e-12, atol=1e-12)
     # no keep (the trace's own decay applied elsewhere): a plain sum is added
     trace = trace0.clone()
-    advance_trace(trace, None, direct[:2], inputs[:2], work)
-    assert torch.allclose(trace, trace0 + sum(direct[k].t().unsqueeze(2) * inputs[k]
+    advance_trace(trace, None, direct[:2], inputs[:2])
+    assert torch.allclose(trace, trace0 + sum(row(direct[k]) * inputs[k].unsqueeze(1)
                                               for k in range(2)), rtol=1e-12, atol=1e-12)
+    # leaky_sum: every step of x_k = β·x_{k−1} + inputs_k, and the state left at the last
+    start = torch.randn(B, O, generator=g, dtype=torch.float64)
+    state = start.clone()
+    out = leaky_sum(state, direct, 0.9)
+    x = start
+    for k in range(K):
+        x = 0.9 * x + direct[k]
+        assert torch.allclose(out[k], x, rtol=1e-12, atol=1e-12)
+    assert torch.equal(state, out[-1])

@@ -3,7 +3,7 @@
 ẑ_t = β ẑ_{t−1} + â_t (doubly filtered presynaptic trace); weight gradient (e ⊙ ḡ_t) ẑ_tᵀ;
 sends ḡ_t down. Used at the output too (A-OTPE-front), where e = ∂L_t/∂o_t.
 """
-from .base import FactorisedRule, GBar
+from .base import FactorisedRule, GBar, leaky_scalars, leaky_sum
 
 
 class ApproxOTPE(FactorisedRule):
@@ -14,8 +14,8 @@ class ApproxOTPE(FactorisedRule):
         self.g_bar = GBar(self.beta)
 
     def update(self, a, psi):
-        self._advance_presynaptic(a)
-        self.filtered_presynaptic_trace.mul_(self.beta).add_(self.presynaptic_trace)
-        self.bias_filtered_trace = self.beta * self.bias_filtered_trace + self.bias_presynaptic_trace
-        self.pre, self.bias_pre = self.filtered_presynaptic_trace, self.bias_filtered_trace
+        presynaptic, bias = self._advance_presynaptic(a)
+        self.pre = leaky_sum(self.filtered_presynaptic_trace, presynaptic, self.beta)
+        self.bias_pre = leaky_scalars(self.bias_filtered_trace, self.beta, bias)
+        self.bias_filtered_trace = self.bias_pre[-1]
         self.post = self.g_bar.update(psi)

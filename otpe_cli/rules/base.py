@@ -1,17 +1,21 @@
 """What every per-layer online rule shares (SPEC §2).
 
-A rule owns one layer's state for a batch. Each time step the driver calls, in order,
-``update(a_t, ψ_t)`` after the layer's forward step, then ``accumulate(e_t, grad_w, grad_b)``
-with the error e_t = ∂L_t/∂s_t arriving at this step; it returns e_t ⊙ m_t, the modulated
-error the driver sends down: e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t). By the time the driver calls
-``flush(grad_w, grad_b)`` — after every step online, after every block of steps offline — g_t
-of every step so far is in the buffers.
+A rule owns one layer's state for a batch and is driven one block of K time steps at a time
+(K = 1 online, where the parameters change every step; offline, `TRACE_BLOCK` steps). The
+driver calls ``update(a, ψ)`` with the layer's inputs a_t (K, B, N_in) and surrogates ψ_t
+(K, B, N_out) after the layer's forward steps, then ``accumulate(e, grad_w, grad_b)`` with the
+errors e_t = ∂L_t/∂s_t arriving at this layer's output at the same steps (K, B, N_out). It
+adds Σ_k g_t to the buffers and returns e_t ⊙ m_t, the modulated errors the driver sends down:
+e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t). Nothing flows back in time: step t's error is used at
+step t only, so the K steps of a block can be summed with the same result as one by one.
 
-Rules with O(n) state (OTTT, A-OTPE) add g_t at once. The rules with per-sample N_out × N_in
-traces (OSTL, OTPE) keep the step's a_t, ψ_t and e_t and advance their traces at ``flush``,
-over the whole block at once (`BlockRecurrence`): the traces are linear recurrences whose
-decays and inputs do not depend on the traces, and the m_t they send down does not either,
-so a block of K steps is evaluated exactly with one pass over each trace instead of K.
+Every state a rule keeps is a linear recurrence x_t = decay_t·x_{t−1} + input_t whose decays
+and inputs (a, ψ) and whose errors do not depend on the state, so a block is evaluated
+whole: the small O(n) states step by step into one block tensor (`leaky_sum`), whose
+gradients are then one matrix product over the block's K·B rows; the per-sample N_out × N_in
+traces of OSTL and OTPE in closed form, with reverse scans over the block's steps and one pass
+over each trace (`reverse_scan`, `advance_trace`). That is exact, not an approximation; it only
+changes the order of the sums.
 """
 from __future__ import annotations
 
@@ -22,11 +26,8 @@ class LayerRule:
     #: per-sample N_out × N_in traces the rule keeps (the memory model of SPEC §2)
     full_traces = 0
 
-    def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False,
-                 block: int = 1, scratch: torch.Tensor | None = None):
+    def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False):
         w = layer.weight
-        self.block = block      # the most steps the driver lets pass between flushes
-        self.scratch = scratch  # 1-d work space that layers flushed one after another may share
         self.beta, self.threshold, self.bias_trace = beta, threshold, bias_trace
         self.n_out, self.n_in = w.shape
         self.batch = batch
@@ -39,24 +40,48 @@ class LayerRule:
                    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def flush(self, grad_w: torch.Tensor, grad_b: torch.Tensor) -> None:
-        """Add the g_t of steps still held back (none, for rules that add them at once)."""
+
+def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float) -> torch.Tensor:
+    """x_k = decay·x_{k−1} + inputs_k over the K steps of a block (inputs (K, …)), from
+    x_{−1} = ``state``, which is left at x_{K−1}; returns every x_k, (K, …)."""
+    if len(inputs) == 1:
+        out = torch.add(inputs, state, alpha=decay)
+    else:
+        out = torch.empty_like(inputs)
+        previous = state
+        for k in range(len(inputs)):
+            previous = torch.add(inputs[k], previous, alpha=decay, out=out[k])
+    state.copy_(out[-1])
+    return out
+
+
+def leaky_scalars(state: float, decay: float, inputs) -> list[float]:
+    """`leaky_sum` for a scalar state and K scalar inputs: the K values."""
+    out = []
+    for value in inputs:
+        state = decay * state + value
+        out.append(state)
+    return out
 
 
 class GBar:
-    """Normalised leaky average of ψ (SPEC §2): c_t = β·c_{t−1} + 1, r_t = β·c_{t−1}/c_t,
-    ḡ_t = r_t·ḡ_{t−1} + (1 − r_t)·ψ_t, so ḡ_t = Σ_k β^{t−k} ψ_k / Σ_k β^{t−k} and ḡ_1 = ψ_1."""
+    """Normalised leaky average of ψ (SPEC §2): ḡ_t = Σ_k β^{t−k} ψ_k / Σ_k β^{t−k}, the
+    closed form of c_t = β·c_{t−1} + 1, r_t = β·c_{t−1}/c_t, ḡ_t = r_t·ḡ_{t−1} + (1 − r_t)·ψ_t
+    (so ḡ_1 = ψ_1). Kept as the leaky sum Σ_k β^{t−k} ψ_k and its weight c_t."""
 
     def __init__(self, beta: float):
-        self.beta, self.c, self.value = beta, 0.0, None
+        self.beta, self.c, self.sum, self.value = beta, 0.0, None, None
 
     def update(self, psi: torch.Tensor) -> torch.Tensor:
-        c_prev, self.c = self.c, self.beta * self.c + 1.0
-        r = self.beta * c_prev / self.c
-        if self.value is None:
-            self.value = psi.clone()
-        else:
-            self.value.mul_(r).add_(psi, alpha=1.0 - r)
+        """ψ of a block (K, B, N); returns ḡ at each of its steps, (K, B, N)."""
+        if self.sum is None:
+            self.sum = torch.zeros_like(psi[0])
+        weights = leaky_scalars(self.c, self.beta, [1.0] * psi.shape[0])
+        self.c = weights[-1]
+        if len(weights) > 1:
+            weights = psi.new_tensor(weights).view(-1, *[1] * (psi.dim() - 1))
+        self.value = leaky_sum(self.sum, psi, self.beta).div_(weights[-1] if len(psi) == 1
+                                                             else weights)
         return self.value
 
 
@@ -73,19 +98,25 @@ class FactorisedRule(LayerRule):
         self.presynaptic_trace = self._zeros(self.batch, self.n_in)  # â_t = β â_{t−1} + a_t
         self.bias_presynaptic_trace = 0.0                            # â for the input 1
 
-    def _advance_presynaptic(self, a: torch.Tensor) -> None:
-        self.presynaptic_trace.mul_(self.beta).add_(a)
-        self.bias_presynaptic_trace = self.beta * self.bias_presynaptic_trace + 1.0
+    def _advance_presynaptic(self, a: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """â over the block (K, B, N_in), and the bias input's â at each step."""
+        bias = leaky_scalars(self.bias_presynaptic_trace, self.beta, [1.0] * a.shape[0])
+        self.bias_presynaptic_trace = bias[-1]
+        return leaky_sum(self.presynaptic_trace, a, self.beta), bias
 
-    # pre: (B, N_in) trace paired with the weight; bias_pre: its scalar twin; post: (B, N_out)
+    # over the block: pre (K, B, N_in) paired with the weight; bias_pre its K scalar twins;
+    # post (K, B, N_out)
     pre: torch.Tensor
-    bias_pre: float
+    bias_pre: list
     post: torch.Tensor
 
     def accumulate(self, e, grad_w, grad_b):
         d = e * self.post  # post is also m_t: OTTT sends ψ_t, A-OTPE ḡ_t
-        grad_w.addmm_(d.t(), self.pre)
-        grad_b.add_(d.sum(0), alpha=self.bias_pre if self.bias_trace else 1.0)
+        grad_w.addmm_(d.flatten(0, 1).t(), self.pre.flatten(0, 1))
+        if self.bias_trace:
+            grad_b.addmv_(d.sum(1).t(), d.new_tensor(self.bias_pre))
+        else:
+            grad_b.add_(d.sum((0, 1)))
         return d
 
 
@@ -105,17 +136,14 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
 
 
 def advance_trace(trace: torch.Tensor, keep: torch.Tensor | None, coef: torch.Tensor,
-                  inputs: torch.Tensor, work: torch.Tensor) -> None:
-    """trace[i, b, :] ← keep[b, i]·trace[i, b, :] + Σ_k coef[k, b, i]·inputs[k, b, :]
-    for a trace (N_out, B, N_in), keep (B, N_out) or None for 1, coef (K, B, N_out) and
-    inputs (K, B, N_in): one pass over the trace however many steps K the block holds. The
-    block's sum is made in ``work``, a (B, N_out, N_in) tensor kept from block to block (a
-    fresh trace-sized allocation per block costs page faults)."""
-    new = torch.bmm(coef.permute(1, 2, 0), inputs.transpose(0, 1), out=work).transpose(0, 1)
-    if keep is None:
-        trace.add_(new)
-    else:
-        torch.addcmul(new, trace, keep.t().unsqueeze(2), out=trace)
+                  inputs: torch.Tensor) -> None:
+    """trace[b, i, :] ← keep[b, i]·trace[b, i, :] + Σ_k coef[k, b, i]·inputs[k, b, :]
+    for a trace (B, N_out, N_in), keep (B, N_out) or None for 1, coef (K, B, N_out) and
+    inputs (K, B, N_in), however many steps K the block holds: a multiply and one batched
+    matrix product that adds into the trace in place."""
+    if keep is not None:
+        trace.mul_(keep.unsqueeze(2))
+    trace.baddbmm_(coef.permute(1, 2, 0), inputs.transpose(0, 1))
 
 
 def suffix_products(decays: torch.Tensor) -> torch.Tensor:
@@ -130,8 +158,6 @@ def suffix_products(decays: torch.Tensor) -> torch.Tensor:
 
 
 def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -> None:
-    """grad_w[i, j] += Σ_b d[b, i]·trace[i, b, j] — traces are stored (N_out, B, N_in) so that
-    this per-step contraction is one batched matmul with no copy of the trace. (``d`` is made
-    contiguous and the result added afterwards: CPU ``baddbmm_`` into a view falls back to a
-    per-row loop that is ~5× slower.)"""
-    grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace).squeeze(1))
+    """grad_w[i, j] += Σ_b d[b, i]·trace[b, i, j] for a trace (B, N_out, N_in): one batched
+    matrix–vector product over the output units, reading the trace in place."""
+    grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace.transpose(0, 1)).squeeze(1))

@@ -28,7 +28,7 @@ class OTPE(OSTL):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.post_synaptic_trace = self._zeros(self.n_out, self.batch, self.n_in)  # R̃ = R̂/scale
+        self.post_synaptic_trace = self._zeros(self.batch, self.n_out, self.n_in)  # R̃ = R̂/scale
         self.bias_post_synaptic_trace = self._zeros(self.batch, self.n_out)         # R̂^b
         self.scale = 1.0
         self.g_bar = GBar(self.beta)
@@ -37,43 +37,46 @@ class OTPE(OSTL):
         super().update(a, psi)
         self.g_bar.update(psi)
 
+    def _decay_post_synaptic(self, decay: float) -> float | None:
+        """R̂ ← decay·R̂, as a change of scale; when the scale gets small it is folded into R̃
+        instead: returns the factor the caller must then multiply R̃ by (else None)."""
+        if self.scale * decay < _RENORMALISE_BELOW:  # (β = 0 included)
+            fold, self.scale = self.scale * decay, 1.0
+            return fold
+        self.scale *= decay
+        return None
+
     def accumulate(self, e, grad_w, grad_b):
-        self._errors.append(e)
+        if len(e) == 1:
+            psi = self.psi[0]
+            self._step_eligibility()
+            fold = self._decay_post_synaptic(self.beta)
+            if fold is not None:
+                self.post_synaptic_trace.mul_(fold)
+            self.post_synaptic_trace.addcmul_(psi.unsqueeze(2) / self.scale, self.eligibility)
+            self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
+            contract_batch(e[0] * self.scale, self.post_synaptic_trace, grad_w)
+            grad_b.add_((e[0] * self.bias_post_synaptic_trace).sum(0))
+        else:
+            self._block(e, grad_w, grad_b)
         return e * self.g_bar.value
 
-    def _decay_post_synaptic(self, decay: float) -> None:
-        """R̂ ← decay·R̂, as a change of scale; folded into R̃ when the scale gets small."""
-        if self.scale * decay < _RENORMALISE_BELOW:  # (β = 0 included)
-            self.post_synaptic_trace.mul_(self.scale * decay)
-            self.scale = 1.0
-        else:
-            self.scale *= decay
-
-    def flush(self, grad_w, grad_b):
-        if len(self._psis) == 1:
-            psi, e = self._psis[0], self._errors[0]
-            self._step_eligibility()
-            self._decay_post_synaptic(self.beta)
-            self.post_synaptic_trace.addcmul_(psi.t().unsqueeze(2) / self.scale, self.eligibility)
-            self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
-            contract_batch(e * self.scale, self.post_synaptic_trace, grad_w)
-            grad_b.add_((e * self.bias_post_synaptic_trace).sum(0))
-        elif self._psis:
-            self._flush_block(grad_w, grad_b)
-        self._inputs.clear(), self._psis.clear(), self._errors.clear()
-
-    def _flush_block(self, grad_w, grad_b):
-        psis, decays, inputs = self._block()
-        K, beta = len(psis), self.beta
-        worth = reverse_scan(self._stack("errors"), beta)                   # μ
-        contract_batch(worth[0] * (beta * self.scale), self.post_synaptic_trace, grad_w)
+    def _block(self, e, grad_w, grad_b):
+        decays = self._block_decays()
+        K, beta, psi, trace = len(e), self.beta, self.psi, self.post_synaptic_trace
+        worth = reverse_scan(e, beta)                                        # μ
+        contract_batch(worth[0] * (beta * self.scale), trace, grad_w)
         grad_b.add_((worth[0] * self.bias_post_synaptic_trace).sum(0), alpha=beta)
-        powers = psis.new_tensor([beta ** (K - 1 - k) for k in range(K)]).view(K, 1, 1)
-        reach = reverse_scan(psis * powers, decays)                          # ρ
+        fold = self._decay_post_synaptic(beta ** K)
+        if fold is not None:
+            trace.mul_(fold)
+        # ρ/scale: what ε_k is worth to R̃ at the block's end
+        powers = psi.new_tensor([beta ** (K - 1 - k) / self.scale for k in range(K)])
+        reach = reverse_scan(psi * powers.view(K, 1, 1), decays)
         first = decays[0] * reach[0]
-        self._decay_post_synaptic(beta ** K)
-        self.post_synaptic_trace.addcmul_((first / self.scale).t().unsqueeze(2), self.eligibility)
-        advance_trace(self.post_synaptic_trace, None, reach / self.scale, inputs, self._work())
-        self.bias_post_synaptic_trace.mul_(beta ** K).addcmul_(first, self.bias_eligibility)
-        self.bias_post_synaptic_trace.add_(reach.sum(0))
-        self._flush_eligibility(psis * worth, decays, inputs, grad_w, grad_b)
+        trace.addcmul_(first.unsqueeze(2), self.eligibility)  # reads ε_0
+        advance_trace(trace, None, reach, self.inputs)
+        self.bias_post_synaptic_trace.mul_(beta ** K)
+        self.bias_post_synaptic_trace.addcmul_(first, self.bias_eligibility, value=self.scale)
+        self.bias_post_synaptic_trace.add_(reach.sum(0), alpha=self.scale)
+        self._block_eligibility(psi * worth, decays, grad_w, grad_b)

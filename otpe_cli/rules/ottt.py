@@ -4,5 +4,5 @@ from .base import FactorisedRule
 
 class OTTT(FactorisedRule):
     def update(self, a, psi):
-        self._advance_presynaptic(a)
-        self.pre, self.bias_pre, self.post = self.presynaptic_trace, self.bias_presynaptic_trace, psi
+        self.pre, self.bias_pre = self._advance_presynaptic(a)
+        self.post = psi
