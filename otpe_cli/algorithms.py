@@ -18,7 +18,7 @@ ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
 #: Offline, the online loop runs this many time steps at a time (exactly: see `rules.base`);
 #: online it must run one, as the parameters change every step.
-TRACE_BLOCK = 32
+TRACE_BLOCK = 16
 
 
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:

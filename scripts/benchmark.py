@@ -49,10 +49,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def trace_floor(model, batch, steps, device):
-    """One read and one write of each (N_out, B, N_in) trace per step: OSTL's memory floor."""
-    traces = [torch.zeros(layer.n_out, batch, layer.n_in, device=device) for layer in model.layers]
-    inputs = [torch.rand(1, batch, layer.n_in, device=device) for layer in model.layers]
+def trace_floor(model, batch, steps, device, per_layer=None):
+    """One read and one write of each per-sample N_out × N_in trace per step: OSTL's memory
+    floor (one trace per layer), or OTPE's with ``per_layer`` = traces per layer ([2, 2, 1]:
+    ε and R̂ in the hidden layers, ε at the OSTL output)."""
+    per_layer = per_layer or [1] * len(model.layers)
+    traces = [torch.zeros(batch, layer.n_out, layer.n_in, device=device)
+              for layer, n in zip(model.layers, per_layer) for _ in range(n)]
+    inputs = [torch.rand(batch, 1, tr.shape[2], device=device) for tr in traces]
     sync(device)
     tic = time.perf_counter()
     for _ in range(steps):
@@ -94,7 +98,7 @@ def timing(args, device):
     opts = {name: torch.optim.Adamax(model.parameters(), lr=1e-9) for name in algs}
     grad_t = {name: [] for name in algs}
     iter_t = {name: [] for name in algs}
-    floor_t = []
+    floor_t, floor2_t = [], []
     rule_t = {rule: [] for rule in ("ostl", "otpe") if rule in algs}  # only what is printed
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
@@ -115,12 +119,16 @@ def timing(args, device):
             sync(device)
             iter_t[name].append(time.perf_counter() - tic)
         floor_t.append(trace_floor(model, args.batch, args.steps, device))
+        if "otpe" in algs:
+            floor2_t.append(trace_floor(model, args.batch, args.steps, device,
+                                        [2] * (args.depth - 1) + [1]))
         for rule, times in rule_t.items():
             times.append(rule_work(model, rule, args.batch, args.steps, device))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = lambda v: statistics.median(v)  # noqa: E731
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
-            med(floor_t), {n: med(v) for n, v in rule_t.items()})
+            med(floor_t), med(floor2_t) if floor2_t else None,
+            {n: med(v) for n, v in rule_t.items()})
 
 
 def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
@@ -183,7 +191,7 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor, rule_t = timing(args, device)
+    grad_t, iter_t, floor, floor2, rule_t = timing(args, device)
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
     for name in grad_t:
@@ -205,6 +213,9 @@ def main(argv=None):
     if "otpe" in rule_t and "ostl" in rule_t:
         print(f"the OTPE rule alone / the OSTL rule alone: "
               f"{rule_t['otpe'] / rule_t['ostl']:.2f}")
+    if floor2:
+        print(f"OTPE's floor (ε and R̂ in the hidden layers): {floor2:.4f} s, "
+              f"{floor2 / floor:.2f}× OSTL's;  OTPE / its floor: {grad_t['otpe'] / floor2:.2f}")
     for name, (num, den, bound) in TARGETS.items():
         if num in grad_t and den in grad_t:
             print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound})")
@@ -219,7 +230,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
-                       "rule_only_s": rule_t,
+                       "floor_otpe_s": floor2, "rule_only_s": rule_t,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
                        "args": vars(args)}, f, indent=2)
     return 0

@@ -31,10 +31,11 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     assert all(t > 0 for t in figures["gradient_s"].values())
     assert all(t > 0 for t in figures["iteration_s"].values())
     assert figures["floor_s"] > 0 and sorted(figures["rule_only_s"]) == ["ostl", "otpe"]
+    assert figures["floor_otpe_s"] > 0
     assert sorted(figures["memory_mib"]) == ["bptt", "ostl"]
     assert all(len(v) == 2 for v in figures["memory_mib"].values())
     for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
-                 "the OTPE rule alone / the OSTL rule alone:", "peak memory"):
+                 "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory"):
         assert line in out, line
 
 
