@@ -16,9 +16,17 @@ from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
-#: Offline, the online loop runs this many time steps at a time (exactly: see `rules.base`);
-#: online it must run one, as the parameters change every step.
-TRACE_BLOCK = 16
+#: Offline, the online loop runs up to this many time steps at a time (exactly: see
+#: `rules.base`), in blocks of equal length; online it must run one, as the parameters change
+#: every step.
+TRACE_BLOCK = 25
+
+
+def block_steps(steps: int) -> int:
+    """The length of the offline loop's blocks for a sequence of ``steps``: as few blocks of at
+    most ``TRACE_BLOCK`` steps as will do, all of one length but the last (50 → 25 + 25)."""
+    blocks = -(-steps // TRACE_BLOCK)
+    return -(-steps // blocks)
 
 
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
@@ -55,7 +63,7 @@ def online_pass(
     down the layers (e^{l−1}_t = Wᵀ(e_t ⊙ m_t)); nothing flows back in time and no graph is
     kept. Nothing at step t depends on a later step, and nothing but the membranes on an
     earlier one except through the rules' linear traces, so offline the loop goes through
-    ``TRACE_BLOCK`` steps at a time: each layer's K steps (one matrix product for the input
+    up to ``TRACE_BLOCK`` steps at a time: each layer's K steps (one matrix product for the input
     currents, the membrane step by step), the K output errors, the sweep of the K errors, and
     each rule's state over the block in closed form (`rules.base`). The memory it adds is the
     block's, whatever T. Online (``on_step`` given) the block is one step: ``on_step(g_t)``
@@ -64,7 +72,7 @@ def online_pass(
     """
     T, B, _ = x.shape
     layers = model.layers
-    block = 1 if on_step is not None else min(TRACE_BLOCK, T)
+    block = 1 if on_step is not None else block_steps(T)
     grads = _zeros_like_params(model)
     grad_w, grad_b = grads[0::2], grads[1::2]
     with torch.no_grad():

@@ -24,7 +24,7 @@ import time
 import torch
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm
-from otpe_cli.algorithms import TRACE_BLOCK, _flushing_denormals
+from otpe_cli.algorithms import _flushing_denormals, block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
 
@@ -68,13 +68,13 @@ def trace_floor(model, batch, steps, device, per_layer=None):
 
 def rule_work(model, rule_name, batch, steps, device):
     """Only a per-layer rule's own work, ``update`` + ``accumulate`` for every layer and step,
-    in blocks of ``TRACE_BLOCK`` steps as the offline pass runs them, on fixed inputs: no
+    in blocks of steps as the offline pass runs them (`block_steps`), on fixed inputs: no
     forward pass, no loss, no sweep (what the rule adds to the shared loop), with subnormals
     flushed as in that loop."""
     with torch.no_grad(), _flushing_denormals():
         rules = [RULES[rule_name](layer, batch, model.beta, model.threshold)
                  for layer in model.layers]
-        block = min(TRACE_BLOCK, steps)
+        block = block_steps(steps)
         a = [torch.rand(block, batch, layer.n_in, device=device) for layer in model.layers]
         psi = [torch.rand(block, batch, layer.n_out, device=device) for layer in model.layers]
         grads = [(torch.zeros_like(layer.weight), torch.zeros_like(layer.bias))
@@ -218,7 +218,8 @@ def main(argv=None):
               f"{floor2 / floor:.2f}× OSTL's;  OTPE / its floor: {grad_t['otpe'] / floor2:.2f}")
     for name, (num, den, bound) in TARGETS.items():
         if num in grad_t and den in grad_t:
-            print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound})")
+            print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound}; "
+                  f"training iteration: {iter_t[num] / iter_t[den]:.2f})")
     memory = {}
     if args.memory_steps:
         print(f"\npeak memory of one sequence gradient above a bare process "

@@ -39,7 +39,8 @@ class OSTL(LayerRule):
             contract_batch(d[0], self.eligibility, grad_w)
             grad_b.add_((d[0] * self.bias_eligibility).sum(0))
         else:
-            self._block_eligibility(d, self._block_decays(), grad_w, grad_b)
+            decays = self._block_decays()
+            self._block_eligibility(reverse_scan(d, decays), decays, grad_w, grad_b)
         return d  # m_t = ψ_t
 
     def _step_eligibility(self):
@@ -57,10 +58,10 @@ class OSTL(LayerRule):
         torch.mul(self.psi[-1], -self.beta * self.threshold, out=self._decay).add_(self.beta)
         return decays
 
-    def _block_eligibility(self, direct, decays, grad_w, grad_b):
+    def _block_eligibility(self, lam, decays, grad_w, grad_b):
         """Add Σ_k direct_k ⊙row ε_k (contracted over the batch, and the bias twin) to the
-        gradients, then advance ε and ε^b over the block (K ≥ 2 steps)."""
-        lam = reverse_scan(direct, decays)
+        gradients, given λ = reverse_scan(direct, δ), then advance ε and ε^b over the block
+        (K ≥ 2 steps)."""
         first = decays[0] * lam[0]
         contract_batch(first, self.eligibility, grad_w)
         grad_w.addmm_(lam.flatten(0, 1).t(), self.inputs.flatten(0, 1))

@@ -70,13 +70,15 @@ class OTPE(OSTL):
         fold = self._decay_post_synaptic(beta ** K)
         if fold is not None:
             trace.mul_(fold)
-        # ρ/scale: what ε_k is worth to R̃ at the block's end
+        # one scan through ε's decays for two things: ρ/scale, what ε_k is worth to R̃ at
+        # the block's end, and λ, what it is worth to the block's gradient
         powers = psi.new_tensor([beta ** (K - 1 - k) / self.scale for k in range(K)])
-        reach = reverse_scan(psi * powers.view(K, 1, 1), decays)
+        direct = torch.stack([psi * powers.view(K, 1, 1), psi * worth], 1)
+        reach, lam = reverse_scan(direct, decays.unsqueeze(1)).unbind(1)
         first = decays[0] * reach[0]
         trace.addcmul_(first.unsqueeze(2), self.eligibility)  # reads ε_0
         advance_trace(trace, None, reach, self.inputs)
         self.bias_post_synaptic_trace.mul_(beta ** K)
         self.bias_post_synaptic_trace.addcmul_(first, self.bias_eligibility, value=self.scale)
         self.bias_post_synaptic_trace.add_(reach.sum(0), alpha=self.scale)
-        self._block_eligibility(psi * worth, decays, grad_w, grad_b)
+        self._block_eligibility(lam, decays, grad_w, grad_b)
