@@ -12,22 +12,9 @@ import torch
 
 from .rules import COMPOSITES, RULES
 from .rules.base import FactorisedRule, leaky_sum
-from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, surrogate
+from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
-
-#: Offline, the online loop runs up to this many time steps at a time (exactly: see
-#: `rules.base`), in blocks of equal length; online it must run one, as the parameters change
-#: every step.
-TRACE_BLOCK = 25
-
-
-def block_steps(steps: int) -> int:
-    """The length of the offline loop's blocks for a sequence of ``steps``: as few blocks of at
-    most ``TRACE_BLOCK`` steps as will do, all of one length but the last (50 → 25 + 25)."""
-    blocks = -(-steps // TRACE_BLOCK)
-    return -(-steps // blocks)
-
 
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
     return [torch.zeros_like(p) for p in model.parameters()]
@@ -63,7 +50,7 @@ def online_pass(
     down the layers (e^{l−1}_t = Wᵀ(e_t ⊙ m_t)); nothing flows back in time and no graph is
     kept. Nothing at step t depends on a later step, and nothing but the membranes on an
     earlier one except through the rules' linear traces, so offline the loop goes through
-    up to ``TRACE_BLOCK`` steps at a time: each layer's K steps (one matrix product for the input
+    up to ``snn.BLOCK_STEPS`` steps at a time (as BPTT's forward does): each layer's K steps (one matrix product for the input
     currents, the membrane step by step), the K output errors, the sweep of the K errors, and
     each rule's state over the block in closed form (`rules.base`). The memory it adds is the
     block's, whatever T. Online (``on_step`` given) the block is one step: ``on_step(g_t)``
@@ -158,8 +145,9 @@ class Algorithm:
         their gradients, the input batch, the rules' per-sample N_out × N_in traces and, for
         BPTT (or alignment to it), the membrane and spike of every unit at every step, kept
         for the backward pass. A lower bound (at batch 128, T 50, 50-128-128-10: 26 MB against
-        33 MB measured for OTPE, 15 MB against 30 MB for BPTT), so a refusal built on it never
-        refuses a run that would fit."""
+        55–60 MiB measured for OTPE, whose offline blocks also hold 25 steps of activations;
+        15 MB against 33 MiB for BPTT), so a refusal built on it never refuses a run that
+        would fit."""
         need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize
         need += steps * batch * sizes[0] * itemsize
         if not self.is_bptt:

@@ -22,6 +22,20 @@ _TRUNC_STD_CORRECTION = 0.87962566103423978
 
 READOUTS = ("spikes", "trace")
 
+#: The network is feed-forward, so a layer's steps t..t+K−1 need only the layer below's same
+#: steps: both passes over a sequence (BPTT's forward and the online rules' offline pass) run
+#: blocks of up to this many steps, layer by layer, with each layer's input currents for a block
+#: in one matrix product. They use the same blocks, so they compute the same membranes to the
+#: last bit (a matrix product over other rows may round differently).
+BLOCK_STEPS = 25
+
+
+def block_steps(steps: int) -> int:
+    """The length of the blocks for a sequence of ``steps``: as few blocks of at most
+    ``BLOCK_STEPS`` steps as will do, all of one length but the last (50 → 25 + 25)."""
+    blocks = -(-steps // BLOCK_STEPS)
+    return -(-steps // blocks)
+
 
 def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
     """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
@@ -197,41 +211,48 @@ class SNN(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"layers.{i}" for i in range(self.depth)]
 
-    def lif(self, layer: LIFLayer, u, a):
-        return lif_step(u, a, layer.weight, layer.bias, self.beta, self.threshold, self.slope)
-
     def lif_block(self, layer: LIFLayer, u, a):
-        """K steps of one layer on its inputs a (K, B, N_in), without autograd: the input
-        currents of all K steps in one matrix product, then `membrane_step` at each step.
-        Returns v and s as (K, B, N_out) and the last u. (The network is feed-forward: a layer's K steps need
-        only the layer below's K steps.)"""
-        v = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t()).view(*a.shape[:2], -1)
-        s = torch.empty_like(v)
-        for k in range(len(v)):  # the currents are overwritten by the membranes
-            _, _, u = membrane_step(u, v[k], self.beta, self.threshold, self.slope,
-                                    out=(v[k], s[k]))
-        return v, s, u
+        """K steps of one layer on its inputs a (K, B, N_in): the input currents of all K steps
+        in one matrix product, then `membrane_step` at each step. Returns v and s as
+        (K, B, N_out) and the last u. (Without autograd, v is written over the currents.)"""
+        current = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t())
+        current = current.view(*a.shape[:2], -1)
+        if torch.is_grad_enabled():
+            vs, ss = [], []
+            for k in range(len(current)):
+                v, s, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope)
+                vs.append(v)
+                ss.append(s)
+            return torch.stack(vs), torch.stack(ss), u
+        s = torch.empty_like(current)
+        for k in range(len(current)):
+            _, _, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope,
+                                    out=(current[k], s[k]))
+        return current, s, u
 
     def forward(self, x: torch.Tensor, readout: str = "spikes"):
-        """Unroll over x (T, B, N_in). Returns (logits (T, B, C), output spikes (T, B, C), rates)."""
+        """Unroll over x (T, B, N_in), in blocks of `block_steps` steps layer by layer.
+        Returns (logits (T, B, C), output spikes (T, B, C), rates)."""
         T, B, _ = x.shape
         us = [x.new_zeros(B, layer.n_out) for layer in self.layers]
         o = x.new_zeros(B, self.sizes[-1])
         logits, out_spikes = [], []
         spike_sums = [x.new_zeros(()) for _ in self.layers]
-        for t in range(T):
-            a = x[t]
+        block = block_steps(T)
+        for t in range(0, T, block):
+            a = x[t:t + block]
             for i, layer in enumerate(self.layers):
-                _, a, us[i] = self.lif(layer, us[i], a)
+                _, a, us[i] = self.lif_block(layer, us[i], a)
                 spike_sums[i] = spike_sums[i] + a.detach().sum()
             out_spikes.append(a)
             if readout == "trace":
-                o = self.beta * o + a
-                logits.append(o)
+                for s in a:
+                    o = self.beta * o + s
+                    logits.append(o.unsqueeze(0))
             else:
                 logits.append(a)
         rates = [float(s) / (T * B * layer.n_out) for s, layer in zip(spike_sums, self.layers)]
-        return torch.stack(logits), torch.stack(out_spikes), rates
+        return torch.cat(logits), torch.cat(out_spikes), rates
 
     def sequence_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """J = (1/T)·Σ_t L_t with L_t the batch-mean cross-entropy (SPEC §1)."""

@@ -24,7 +24,8 @@ import time
 import torch
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm
-from otpe_cli.algorithms import _flushing_denormals, block_steps
+from otpe_cli.algorithms import _flushing_denormals
+from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
 

@@ -631,10 +631,10 @@ def test_spike_at_exact_threshold():
 def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg):
     """OTPE stores R̂ as β^t·R̃ and folds the scale back in when it gets small; force that fold
     (with blocks of 4 steps, at every other block) and hold the result to the reference."""
-    import otpe_cli.algorithms as algorithms
     import otpe_cli.rules.otpe as otpe_rule
+    import otpe_cli.snn as snn
     monkeypatch.setattr(otpe_rule, "_RENORMALISE_BELOW", 0.8)
-    monkeypatch.setattr(algorithms, "TRACE_BLOCK", 4)  # β^4 ≈ 0.82 ≥ 0.8 > β^8 ≈ 0.68
+    monkeypatch.setattr(snn, "BLOCK_STEPS", 4)  # β^4 ≈ 0.82 ≥ 0.8 > β^8 ≈ 0.68
     _, sequence_gradients = _prod()
     sizes, T, B = [6, 5, 4, 3], 23, 3
     x = make_x(T, B, sizes[0], "spikes", seed=11)
@@ -645,14 +645,14 @@ def test_post_synaptic_trace_renormalisation_matches_reference(monkeypatch, alg)
     assert_grads_close(got, reference_for(alg, {}, P, x, y), f"{alg} with renormalisation")
 
 
-# Offline, the online loop runs TRACE_BLOCK steps at a time and every rule advances its state
+# Offline, the online loop runs BLOCK_STEPS steps at a time and every rule advances its state
 # over a block in closed form (rules.base). Whatever the block — one step, a divisor of T,
 # blocks that leave a shorter last one, longer than T — the gradient is the reference's.
 @pytest.mark.parametrize("block", [1, 2, 4, 5, 64])
 @pytest.mark.parametrize("variant", VARIANTS[2:], ids=[_variant_id(v) for v in VARIANTS[2:]])
 def test_every_trace_block_matches_reference(monkeypatch, variant, block):
-    import otpe_cli.algorithms as algorithms
-    monkeypatch.setattr(algorithms, "TRACE_BLOCK", block)
+    import otpe_cli.snn as snn
+    monkeypatch.setattr(snn, "BLOCK_STEPS", block)
     _, sequence_gradients = _prod()
     alg, kwargs = variant
     sizes, T, B = [6, 5, 4, 3], 13, 3
@@ -733,3 +733,50 @@ def test_block_helpers_against_plain_loops():
         x = 0.9 * x + direct[k]
         assert torch.allclose(out[k], x, rtol=1e-12, atol=1e-12)
     assert torch.equal(state, out[-1])
+
+
+def test_online_pass_and_bptt_see_the_same_spikes():
+    """Both passes compute a block's input currents with one matrix product over the same rows,
+    so their membranes agree to the last bit. A matrix product over other rows (one step's) may
+    round differently: tune a bias so that a membrane lies between those two roundings of θ,
+    in float32 on one thread, and the online pass must still spike where BPTT does, report the
+    same loss and, at depth 1, the same gradient (SPEC §5.2)."""
+    from otpe_cli import SNN, sequence_gradients
+    from otpe_cli.algorithms import build_algorithm
+    from otpe_cli.snn import block_steps
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(11)
+        n_in, n_out, B, T = 101, 13, 1, 25
+        model = SNN([n_in, n_out], generator=g)
+        x = (torch.rand(T, B, n_in, generator=g) < 0.3).float()
+        W, b = model.layers[0].weight, model.layers[0].bias
+        K = block_steps(T)
+        with torch.no_grad():
+            step = torch.addmm(b, x[0], W.t())
+            block = torch.addmm(b, x[:K].flatten(0, 1), W.t())[:B]
+            for i in (step != block).nonzero()[:, 1].tolist():  # units the two round apart
+                bias = 1.0 - step[0, i]
+                for _ in range(8):
+                    b[i] = bias
+                    v_step = torch.addmm(b, x[0], W.t())[0, i]
+                    v_block = torch.addmm(b, x[:K].flatten(0, 1), W.t())[0, i]
+                    if (v_step >= 1.0) != (v_block >= 1.0):
+                        break
+                    bias = torch.nextafter(bias, torch.tensor(-1e9 if v_step >= 1.0 else 1e9))
+                else:
+                    b[i] = 0.0
+                    continue
+                break
+        y = torch.tensor([3])
+        _, bptt = build_algorithm("bptt").gradients(model, x, y)
+        _, ostl = build_algorithm("ostl").gradients(model, x, y)
+        assert torch.equal(bptt.counts, ostl.counts)
+        assert bptt.loss == pytest.approx(ostl.loss, rel=1e-6)
+        want, got = sequence_gradients("bptt", model, x, y), sequence_gradients("ostl", model, x, y)
+        for name in want:
+            assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-7), name
+    finally:
+        torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """What every per-layer online rule shares (SPEC §2).
 
 A rule owns one layer's state for a batch and is driven one block of K time steps at a time
-(K = 1 online, where the parameters change every step; offline, `TRACE_BLOCK` steps). The
+(K = 1 online, where the parameters change every step; offline, `snn.block_steps`). The
 driver calls ``update(a, ψ)`` with the layer's inputs a_t (K, B, N_in) and surrogates ψ_t
 (K, B, N_out) after the layer's forward steps, then ``accumulate(e, grad_w, grad_b)`` with the
 errors e_t = ∂L_t/∂s_t arriving at this layer's output at the same steps (K, B, N_out). It
