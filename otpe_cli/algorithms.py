@@ -16,6 +16,7 @@ from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps, su
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
+
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
     return [torch.zeros_like(p) for p in model.parameters()]
 
@@ -48,14 +49,15 @@ def online_pass(
 
     At every step t: each layer's LIF step and rule update, the output error, one spatial sweep
     down the layers (e^{l−1}_t = Wᵀ(e_t ⊙ m_t)); nothing flows back in time and no graph is
-    kept. Nothing at step t depends on a later step, and nothing but the membranes on an
-    earlier one except through the rules' linear traces, so offline the loop goes through
-    up to ``snn.BLOCK_STEPS`` steps at a time (as BPTT's forward does): each layer's K steps (one matrix product for the input
-    currents, the membrane step by step), the K output errors, the sweep of the K errors, and
-    each rule's state over the block in closed form (`rules.base`). The memory it adds is the
-    block's, whatever T. Online (``on_step`` given) the block is one step: ``on_step(g_t)``
-    applies the optimizer at every step and the buffers are cleared after it. Offline returns
-    G = (1/T)·Σ_t g_t. Returns (gradients aligned with ``model.parameters()``, SequenceStats).
+    kept. Nothing at step t depends on a later step, and nothing on an earlier one but the
+    membranes and the rules' linear traces, so offline the loop runs blocks of up to
+    ``snn.BLOCK_STEPS`` steps (the blocks of BPTT's forward): each layer's K steps (one matrix
+    product for the input currents, the membrane step by step), the K output errors, the sweep
+    of the K errors, and each rule's state over the block in closed form (`rules.base`). The
+    memory it adds is the block's, whatever T. Online (``on_step`` given) the block is one
+    step: ``on_step(g_t)`` applies the optimizer at every step and the buffers are cleared
+    after it. Offline returns G = (1/T)·Σ_t g_t. Returns (gradients aligned with
+    ``model.parameters()``, SequenceStats).
     """
     T, B, _ = x.shape
     layers = model.layers
