@@ -76,12 +76,11 @@ class GBar:
         """ψ of a block (K, B, N); returns ḡ at each of its steps, (K, B, N)."""
         if self.sum is None:
             self.sum = torch.zeros_like(psi[0])
-        weights = leaky_scalars(self.c, self.beta, [1.0] * psi.shape[0])
+        weights = leaky_scalars(self.c, self.beta, [1.0] * len(psi))  # c_t at each step
         self.c = weights[-1]
-        if len(weights) > 1:
-            weights = psi.new_tensor(weights).view(-1, *[1] * (psi.dim() - 1))
-        self.value = leaky_sum(self.sum, psi, self.beta).div_(weights[-1] if len(psi) == 1
-                                                             else weights)
+        divisor = (weights[0] if len(weights) == 1 else
+                   psi.new_tensor(weights).view(-1, *[1] * (psi.dim() - 1)))
+        self.value = leaky_sum(self.sum, psi, self.beta).div_(divisor)
         return self.value
 
 
@@ -127,8 +126,9 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
     (A scan of products and sums only: no division, so exact when a decay is 0.)"""
     out = torch.empty_like(direct)
     out[-1] = direct[-1]
+    scalar = isinstance(decay, float)
     for k in range(direct.shape[0] - 2, -1, -1):
-        if isinstance(decay, float):
+        if scalar:
             torch.add(direct[k], out[k + 1], alpha=decay, out=out[k])
         else:
             torch.addcmul(direct[k], decay[k + 1], out[k + 1], out=out[k])

@@ -7,7 +7,8 @@ never has to be materialised. Layout (B, N_out, N_in): a block adds into it with
 matrix product per sample (`advance_trace`).
 
 One step (online, or a last block of one step) is the recurrence as written. The K steps of a
-block (see `base`) are summed exactly with one pass over ε: with λ_k the reverse scan
+block (see `base`) are summed exactly with three passes over ε (a contraction, a multiply and
+a batched product added in place) instead of three per step: with λ_k the reverse scan
 λ_k = d_k + δ_{k+1}·λ_{k+1} of d_k = e_k ⊙ ψ_k,
 
     Σ_k d_k ⊙row ε_k = (δ_1 λ_1) ⊙row ε_0 + Σ_k λ_k a_kᵀ        (contracted over the batch)
@@ -48,14 +49,18 @@ class OSTL(LayerRule):
         torch.addcmul(self.inputs[0].unsqueeze(1), self.eligibility, self._decay.unsqueeze(2),
                       out=self.eligibility)
         self.bias_eligibility.mul_(self._decay).add_(1.0)
-        torch.mul(self.psi[0], -self.beta * self.threshold, out=self._decay).add_(self.beta)
+        self._decay_after(self.psi[0], self._decay)
+
+    def _decay_after(self, psi, out):
+        """δ = β(1 − θψ), the decay of ε at the step after the one with surrogate ψ, in out."""
+        torch.mul(psi, -self.beta * self.threshold, out=out).add_(self.beta)
 
     def _block_decays(self) -> torch.Tensor:
         """δ_k = β(1 − θψ_{k−1}) for the block's K steps (K, B, N_out); sets the next block's."""
         decays = torch.empty_like(self.psi)
         decays[0] = self._decay
-        torch.mul(self.psi[:-1], -self.beta * self.threshold, out=decays[1:]).add_(self.beta)
-        torch.mul(self.psi[-1], -self.beta * self.threshold, out=self._decay).add_(self.beta)
+        self._decay_after(self.psi[:-1], decays[1:])
+        self._decay_after(self.psi[-1], self._decay)
         return decays
 
     def _block_eligibility(self, lam, decays, grad_w, grad_b):
