@@ -72,7 +72,9 @@ class OTPE(OSTL):
         # one scan through ε's decays for two things: ρ/scale, what ε_k is worth to R̃ at
         # the block's end, and λ, what it is worth to the block's gradient
         powers = psi.new_tensor([beta ** (K - 1 - k) / self.scale for k in range(K)])
-        direct = torch.stack([psi * powers.view(K, 1, 1), psi * worth], 1)
+        direct = psi.new_empty((K, 2) + psi.shape[1:])
+        torch.mul(psi, powers.view(K, 1, 1), out=direct[:, 0])
+        torch.mul(psi, worth, out=direct[:, 1])
         reach, lam = reverse_scan(direct, decays.unsqueeze(1)).unbind(1)
         first = decays[0] * reach[0]
         trace.addcmul_(first.unsqueeze(2), self.eligibility)  # reads ε_0
