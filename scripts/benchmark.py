@@ -203,13 +203,13 @@ def main(argv=None):
           f"{floor:.4f} s")
     if "ostl" in grad_t:
         print(f"OSTL / floor: {grad_t['ostl'] / floor:.2f}   (target ≤ 2)")
-        if "ottt" in grad_t:  # OTTT is the shared per-step loop (forward, sweep) with O(n) state
+        if "ottt" in grad_t:  # OTTT is the shared loop (forward, sweep) with O(n) state
             extra = grad_t["ostl"] - grad_t["ottt"]
             print(f"OSTL's own trace work (OSTL − OTTT) / floor: {extra / floor:.2f};  "
                   f"OSTL / (OTTT + floor): {grad_t['ostl'] / (grad_t['ottt'] + floor):.2f}")
         print(f"the OSTL rule alone (update + accumulate, every layer and step, no forward "
               f"pass, loss or sweep) / floor: {rule_t['ostl'] / floor:.2f}")
-        print(f"OSTL without its rule (the shared per-step loop) / floor: "
+        print(f"OSTL without its rule (the loop all rules share) / floor: "
               f"{(grad_t['ostl'] - rule_t['ostl']) / floor:.2f}")
     if "otpe" in rule_t and "ostl" in rule_t:
         print(f"the OTPE rule alone / the OSTL rule alone: "
