@@ -85,11 +85,6 @@ def membrane_step(u, current, beta: float, threshold: float, slope: float, out=N
     return v, s, torch.sub(v, s, alpha=threshold)
 
 
-def lif_step(u, a, weight, bias, beta: float, threshold: float, slope: float):
-    """One LIF step of one layer on its input a_t: `membrane_step` of I_t = W a_t + b."""
-    return membrane_step(u, torch.addmm(bias, a, weight.t()), beta, threshold, slope)
-
-
 def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
     """Truncated LeCun normal: std = sqrt(1/fan_in)/0.8796, cut at ±2·std (SPEC §1)."""
     std = math.sqrt(1.0 / weight.shape[1]) / _TRUNC_STD_CORRECTION

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from otpe_cli import SNN
-from otpe_cli.snn import DEFAULT_BETA, lif_step, predict_correct, surrogate
+from otpe_cli.snn import DEFAULT_BETA, membrane_step, predict_correct, surrogate
 
 
 def test_beta_default_is_sigmoid_3():
@@ -19,6 +19,11 @@ def test_surrogate_values():
     # ψ(v) = 1/(25|v−1|+1)²: 1 at threshold, 1/4 at |v−θ| = 0.04, 1/51² at v = 3
     expected = torch.tensor([1.0, 0.25, 0.25, 1 / 51 ** 2], dtype=torch.float64)
     assert torch.allclose(surrogate(v, 1.0, 25.0), expected)
+
+
+def lif_step(u, a, W, b, beta, theta, slope):
+    """The LIF step the passes run: membrane_step on the input current W a + b."""
+    return membrane_step(u, torch.addmm(b, a, W.t()), beta, theta, slope)
 
 
 def test_lif_step_by_hand():

@@ -36,22 +36,20 @@ class OTPE(OSTL):
         super().update(a, psi)
         self.g_bar.update(psi)
 
-    def _decay_post_synaptic(self, decay: float) -> float | None:
+    def _decay_post_synaptic(self, decay: float) -> None:
         """R̂ ← decay·R̂, as a change of scale; when the scale gets small it is folded into R̃
-        instead: returns the factor the caller must then multiply R̃ by (else None)."""
+        instead (so R̃ must not be read as the R̂ before this)."""
         if self.scale * decay < _RENORMALISE_BELOW:  # (β = 0 included)
-            fold, self.scale = self.scale * decay, 1.0
-            return fold
-        self.scale *= decay
-        return None
+            self.post_synaptic_trace.mul_(self.scale * decay)
+            self.scale = 1.0
+        else:
+            self.scale *= decay
 
     def accumulate(self, e, grad_w, grad_b):
         if len(e) == 1:
             psi = self.psi[0]
             self._step_eligibility()
-            fold = self._decay_post_synaptic(self.beta)
-            if fold is not None:
-                self.post_synaptic_trace.mul_(fold)
+            self._decay_post_synaptic(self.beta)
             self.post_synaptic_trace.addcmul_(psi.unsqueeze(2) / self.scale, self.eligibility)
             self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
             contract_batch(e[0] * self.scale, self.post_synaptic_trace, grad_w)
@@ -66,9 +64,7 @@ class OTPE(OSTL):
         worth = reverse_scan(e, beta)                                        # μ
         contract_batch(worth[0] * (beta * self.scale), trace, grad_w)
         grad_b.add_((worth[0] * self.bias_post_synaptic_trace).sum(0), alpha=beta)
-        fold = self._decay_post_synaptic(beta ** K)
-        if fold is not None:
-            trace.mul_(fold)
+        self._decay_post_synaptic(beta ** K)  # (after the contraction of R̂_0)
         # one scan through ε's decays for two things: ρ/scale, what ε_k is worth to R̃ at
         # the block's end, and λ, what it is worth to the block's gradient
         powers = psi.new_tensor([beta ** (K - 1 - k) / self.scale for k in range(K)])
