@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .rules import COMPOSITES, RULES
-from .rules.base import FactorisedRule, leaky_sum
+from .rules.base import FactorisedRule, TracePool, leaky_sum
 from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps, surrogate
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
@@ -44,6 +44,7 @@ def online_pass(
     readout: str,
     bias_trace: bool = False,
     on_step: Callable[[list[torch.Tensor]], None] | None = None,
+    traces: TracePool | None = None,
 ):
     """Run the network forward once over x (T, B, N_in), driving one rule per layer.
 
@@ -57,15 +58,18 @@ def online_pass(
     memory it adds is the block's, whatever T. Online (``on_step`` given) the block is one
     step: ``on_step(g_t)`` applies the optimizer at every step and the buffers are cleared
     after it. Offline returns G = (1/T)·Σ_t g_t. Returns (gradients aligned with
-    ``model.parameters()``, SequenceStats).
+    ``model.parameters()``, SequenceStats). ``traces``: a pool of per-sample traces kept
+    from earlier passes (`rules.base.TracePool`).
     """
     T, B, _ = x.shape
     layers = model.layers
     block = 1 if on_step is not None else block_steps(T)
     grads = _zeros_like_params(model)
     grad_w, grad_b = grads[0::2], grads[1::2]
+    traces = traces if traces is not None else TracePool()
+    traces.new_pass()
     with torch.no_grad():
-        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace)
+        rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace, traces)
                  for name, layer in zip(rule_names, layers)]
         us = [x.new_zeros(B, layer.n_out) for layer in layers]
         spike_counts = [x.new_zeros(B, layer.n_out) for layer in layers]
@@ -79,8 +83,9 @@ def online_pass(
                 spike_counts[i].add_(s[0] if len(s) == 1 else s.sum(0))
                 a = s
             e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)
+            final = t + block >= T
             for i in range(len(layers) - 1, -1, -1):
-                e = rules[i].accumulate(e, grad_w[i], grad_b[i])
+                e = rules[i].accumulate(e, grad_w[i], grad_b[i], final)
                 if i:
                     e = e @ layers[i].weight
             if on_step is not None:
@@ -118,6 +123,8 @@ class Algorithm:
     name: str
     readout: str
     bias_trace: bool = False
+    #: the per-sample traces of its last pass, for the next (see `TracePool`)
+    traces: TracePool = field(default_factory=TracePool, compare=False, repr=False)
 
     @property
     def is_bptt(self) -> bool:
@@ -132,14 +139,14 @@ class Algorithm:
         if self.is_bptt:
             return bptt_pass(model, x, y, self.readout)
         return online_pass(model, self.rule_names(model.depth), x, y, self.readout,
-                           self.bias_trace)
+                           self.bias_trace, traces=self.traces)
 
     def train_online(self, model: SNN, x, y, on_step) -> SequenceStats:
         """Online mode: ``on_step(g_t)`` applies an optimizer step at every time step."""
         if self.is_bptt:
             raise ValueError("BPTT has no online mode: use trainer.update=offline")
         return online_pass(model, self.rule_names(model.depth), x, y, self.readout,
-                           self.bias_trace, on_step)[1]
+                           self.bias_trace, on_step, self.traces)[1]
 
     def memory_floor(self, sizes: list[int], batch: int, steps: int, itemsize: int,
                      with_reference: bool) -> int:

@@ -28,6 +28,7 @@ from otpe_cli.algorithms import _flushing_denormals
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
+from otpe_cli.rules.base import TracePool
 
 TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
     "ottt": ("ottt", "bptt", 1.3),
@@ -67,13 +68,14 @@ def trace_floor(model, batch, steps, device, per_layer=None):
     return time.perf_counter() - tic
 
 
-def rule_work(model, rule_name, batch, steps, device):
+def rule_work(model, rule_name, batch, steps, device, traces):
     """Only a per-layer rule's own work, ``update`` + ``accumulate`` for every layer and step,
     in blocks of steps as the offline pass runs them (`block_steps`), on fixed inputs: no
     forward pass, no loss, no sweep (what the rule adds to the shared loop), with subnormals
-    flushed as in that loop."""
+    flushed and the traces of the last call reused (``traces``) as in that loop."""
+    traces.new_pass()
     with torch.no_grad(), _flushing_denormals():
-        rules = [RULES[rule_name](layer, batch, model.beta, model.threshold)
+        rules = [RULES[rule_name](layer, batch, model.beta, model.threshold, False, traces)
                  for layer in model.layers]
         block = block_steps(steps)
         a = [torch.rand(block, batch, layer.n_in, device=device) for layer in model.layers]
@@ -86,7 +88,7 @@ def rule_work(model, rule_name, batch, steps, device):
             k = min(block, steps - t)
             for rule, ai, pi, (gw, gb) in zip(rules, a, psi, grads):
                 rule.update(ai[:k], pi[:k])
-                rule.accumulate(pi[:k], gw, gb)
+                rule.accumulate(pi[:k], gw, gb, t + block >= steps)
         sync(device)
     return time.perf_counter() - tic
 
@@ -101,6 +103,7 @@ def timing(args, device):
     iter_t = {name: [] for name in algs}
     floor_t, floor2_t = [], []
     rule_t = {rule: [] for rule in ("ostl", "otpe") if rule in algs}  # only what is printed
+    pools = {rule: TracePool() for rule in rule_t}
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
     for rep in range(args.repeats):
@@ -124,7 +127,7 @@ def timing(args, device):
             floor2_t.append(trace_floor(model, args.batch, args.steps, device,
                                         [2] * (args.depth - 1) + [1]))
         for rule, times in rule_t.items():
-            times.append(rule_work(model, rule, args.batch, args.steps, device))
+            times.append(rule_work(model, rule, args.batch, args.steps, device, pools[rule]))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = lambda v: statistics.median(v)  # noqa: E731
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},

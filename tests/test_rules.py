@@ -666,6 +666,44 @@ def test_every_trace_block_matches_reference(monkeypatch, variant, block):
                        f"{_variant_id(variant)} with blocks of {block}")
 
 
+# An Algorithm keeps the per-sample traces of its last pass for its next (rules.base.TracePool).
+# Whatever they hold then (here NaN), the next pass, offline in blocks of any size or online
+# step by step, starts its traces from zero.
+@pytest.mark.parametrize("block", [1, 4, 64])
+@pytest.mark.parametrize("alg", ["ostl", "otpe", "f_otpe"])
+def test_traces_kept_from_the_last_pass_are_not_read(monkeypatch, alg, block):
+    import otpe_cli.snn as snn
+    from otpe_cli import build_algorithm
+    monkeypatch.setattr(snn, "BLOCK_STEPS", block)
+    _prod()
+    sizes, T, B = [6, 5, 4, 3], 13, 3
+    x1, x2 = (make_x(T, B, sizes[0], "counts", seed=s) for s in (5, 6))
+    y1, y2 = (make_y(B, sizes[-1], seed=s) for s in (5, 6))
+    model = build_active_model(sizes, x2)
+    algorithm = build_algorithm(alg)
+    algorithm.gradients(model, x1, y1)
+    kept = list(algorithm.traces._given_back)
+    # ε at every layer, R̂ at OTPE's (not at OTPE's OSTL output); none made in one block
+    assert len(kept) == ({"ostl": 3, "otpe": 5, "f_otpe": 6}[alg] if block < T else 0)
+    for trace in kept:
+        trace.fill_(float("nan"))
+    grads, _ = algorithm.gradients(model, x2, y2)
+    assert {id(t) for t in algorithm.traces._given_back} == {id(t) for t in kept}  # reused
+    got = [(grads[2 * i], grads[2 * i + 1]) for i in range(3)]
+    assert_grads_close(got, reference_for(alg, {}, model_params(model, 3), x2, y2),
+                       f"{alg} in blocks of {block} after a pass that left NaN traces")
+    # online: every step's g_t as from an algorithm with no traces kept
+    steps = {}
+    for name, source in (("fresh", build_algorithm(alg)), ("kept", algorithm)):
+        for trace in source.traces._given_back:
+            trace.fill_(float("nan"))
+        steps[name] = []
+        source.train_online(model, x1, y1, lambda g: steps[name].append([t.clone() for t in g]))
+    assert len(steps["kept"]) == T and all(
+        torch.equal(a, b) for sa, sb in zip(steps["fresh"], steps["kept"]) for a, b in zip(sa, sb))
+    assert all(torch.isfinite(t).all() for g in steps["kept"] for t in g)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 @pytest.mark.parametrize("alg", RULES)
 def test_leak_zero_or_tiny_matches_reference(alg, beta):
@@ -724,6 +762,12 @@ def test_block_helpers_against_plain_loops():
     advance_trace(trace, None, direct[:2], inputs[:2])
     assert torch.allclose(trace, trace0 + sum(row(direct[k]) * inputs[k].unsqueeze(1)
                                               for k in range(2)), rtol=1e-12, atol=1e-12)
+    # from zero: what the trace's memory holds (NaN) is not read, keep or not
+    for keep in (None, products[0]):
+        trace = torch.full_like(trace0, float("nan"))
+        advance_trace(trace, keep, direct[:2], inputs[:2], from_zero=True)
+        assert torch.allclose(trace, sum(row(direct[k]) * inputs[k].unsqueeze(1)
+                                         for k in range(2)), rtol=1e-12, atol=1e-12)
     # leaky_sum: every step of x_k = β·x_{k−1} + inputs_k, and the state left at the last
     start = torch.randn(B, O, generator=g, dtype=torch.float64)
     state = start.clone()

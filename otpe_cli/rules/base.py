@@ -3,11 +3,13 @@
 A rule owns one layer's state for a batch and is driven one block of K time steps at a time
 (K = 1 online, where the parameters change every step; offline, `snn.block_steps`). The
 driver calls ``update(a, ψ)`` with the layer's inputs a_t (K, B, N_in) and surrogates ψ_t
-(K, B, N_out) after the layer's forward steps, then ``accumulate(e, grad_w, grad_b)`` with the
-errors e_t = ∂L_t/∂s_t arriving at this layer's output at the same steps (K, B, N_out). It
-adds Σ_k g_t to the buffers and returns e_t ⊙ m_t, the modulated errors the driver sends down:
-e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t). Nothing flows back in time: step t's error is used at
-step t only, so the K steps of a block can be summed with the same result as one by one.
+(K, B, N_out) after the layer's forward steps, then ``accumulate(e, grad_w, grad_b, final)``
+with the errors e_t = ∂L_t/∂s_t arriving at this layer's output at the same steps
+(K, B, N_out); ``final`` says that no step follows, so the state after the block is never
+read and need not be computed (the rule is then done). It adds Σ_k g_t to the buffers and
+returns e_t ⊙ m_t, the modulated errors the driver sends down: e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t).
+Nothing flows back in time: step t's error is used at step t only, so the K steps of a block
+can be summed with the same result as one by one.
 
 Every state a rule keeps is a linear recurrence x_t = decay_t·x_{t−1} + input_t whose decays
 and inputs (a, ψ) and whose errors do not depend on the state, so a block is evaluated
@@ -22,22 +24,57 @@ from __future__ import annotations
 import torch
 
 
+class TracePool:
+    """Per-sample N_out × N_in traces kept from one pass to the next.
+
+    Every pass needs its traces afresh, and a freed tensor of the process's largest size goes
+    back to the OS, so allocating it again costs a page fault on each of its 4 KiB pages: on
+    2 CPU cores that was ~20 % of an OTPE sequence gradient. An `Algorithm` keeps one pool for
+    all its passes: a pass calls ``new_pass()``, its rules ``take`` their traces (uninitialised)
+    and ``give_back`` the ones they are done with, which the next pass may take. Only the last
+    pass's traces are kept (the ones a pass did not take are dropped at the next)."""
+
+    def __init__(self):
+        self._free: list[torch.Tensor] = []
+        self._given_back: list[torch.Tensor] = []
+
+    def new_pass(self) -> None:
+        self._free, self._given_back = self._given_back, []
+
+    def take(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        for i, trace in enumerate(self._free):
+            if trace.shape == shape and trace.dtype == dtype and trace.device == device:
+                return self._free.pop(i)
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def give_back(self, trace: torch.Tensor) -> None:
+        self._given_back.append(trace)
+
+
 class LayerRule:
     #: per-sample N_out × N_in traces the rule keeps (the memory model of SPEC §2)
     full_traces = 0
 
-    def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False):
+    def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False,
+                 traces: TracePool | None = None):
         w = layer.weight
         self.beta, self.threshold, self.bias_trace = beta, threshold, bias_trace
         self.n_out, self.n_in = w.shape
         self.batch = batch
         self._zeros = lambda *shape: torch.zeros(*shape, dtype=w.dtype, device=w.device)
+        self._traces = traces if traces is not None else TracePool()
+        self._trace_shape = (batch, self.n_out, self.n_in)
+        self._dtype, self._device = w.dtype, w.device
+
+    def _new_trace(self) -> torch.Tensor:
+        """An uninitialised per-sample trace (B, N_out, N_in), from the pool."""
+        return self._traces.take(self._trace_shape, self._dtype, self._device)
 
     def update(self, a: torch.Tensor, psi: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def accumulate(self, e: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor
-                   ) -> torch.Tensor:
+    def accumulate(self, e: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor,
+                   final: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -109,7 +146,7 @@ class FactorisedRule(LayerRule):
     bias_pre: list
     post: torch.Tensor
 
-    def accumulate(self, e, grad_w, grad_b):
+    def accumulate(self, e, grad_w, grad_b, final=False):
         d = e * self.post  # post is also m_t: OTTT sends ψ_t, A-OTPE ḡ_t
         grad_w.addmm_(d.flatten(0, 1).t(), self.pre.flatten(0, 1))
         if self.bias_trace:
@@ -136,14 +173,15 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
 
 
 def advance_trace(trace: torch.Tensor, keep: torch.Tensor | None, coef: torch.Tensor,
-                  inputs: torch.Tensor) -> None:
+                  inputs: torch.Tensor, from_zero: bool = False) -> None:
     """trace[b, i, :] ← keep[b, i]·trace[b, i, :] + Σ_k coef[k, b, i]·inputs[k, b, :]
     for a trace (B, N_out, N_in), keep (B, N_out) or None for 1, coef (K, B, N_out) and
     inputs (K, B, N_in), however many steps K the block holds: a multiply and one batched
-    matrix product that adds into the trace in place."""
-    if keep is not None:
+    matrix product that adds into the trace in place. ``from_zero``: the trace before is 0,
+    and its memory is not read (it may be uninitialised)."""
+    if not from_zero and keep is not None:
         trace.mul_(keep.unsqueeze(2))
-    trace.baddbmm_(coef.permute(1, 2, 0), inputs.transpose(0, 1))
+    trace.baddbmm_(coef.permute(1, 2, 0), inputs.transpose(0, 1), beta=0.0 if from_zero else 1.0)
 
 
 def suffix_products(decays: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,10 @@ a batched product added in place) instead of three per step: with λ_k the rever
     ε_K = (Π_k δ_k) ⊙row ε_0 + Σ_k (Π_{n>k} δ_n) a_kᵀ,
 
 where ε_0 is the trace before the block; the bias eligibility is the same with a_k = 1.
+Offline, ε_0 = 0 at the first block, so ε is made by the first block that ends before the
+sequence does (one batched product, no pass over zeros), and the last block, whose ε_K
+nothing reads, does not advance it: at T = 2K, ε is written once and read once. The last
+block gives ε back to the pass's `TracePool`.
 """
 import torch
 
@@ -26,14 +30,14 @@ class OSTL(LayerRule):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.eligibility = self._zeros(self.batch, self.n_out, self.n_in)   # ε
+        self.eligibility = None                                              # ε (0 until made)
         self.bias_eligibility = self._zeros(self.batch, self.n_out)          # ε^b
         self._decay = self._zeros(self.batch, self.n_out)                    # δ of the next step
 
     def update(self, a, psi):
         self.inputs, self.psi = a, psi
 
-    def accumulate(self, e, grad_w, grad_b):
+    def accumulate(self, e, grad_w, grad_b, final=False):
         d = e * self.psi
         if len(d) == 1:
             self._step_eligibility()
@@ -41,11 +45,20 @@ class OSTL(LayerRule):
             grad_b.add_((d[0] * self.bias_eligibility).sum(0))
         else:
             decays = self._block_decays()
-            self._block_eligibility(reverse_scan(d, decays), decays, grad_w, grad_b)
+            self._block_eligibility(reverse_scan(d, decays), decays, grad_w, grad_b, final)
+        if final:
+            self._give_back_traces()
         return d  # m_t = ψ_t
+
+    def _give_back_traces(self):
+        if self.eligibility is not None:
+            self._traces.give_back(self.eligibility)
+            self.eligibility = None
 
     def _step_eligibility(self):
         """One step: ε ← δ ⊙row ε + 1·aᵀ, ε^b ← δ·ε^b + 1, and the next step's δ."""
+        if self.eligibility is None:
+            self.eligibility = self._new_trace().zero_()
         torch.addcmul(self.inputs[0].unsqueeze(1), self.eligibility, self._decay.unsqueeze(2),
                       out=self.eligibility)
         self.bias_eligibility.mul_(self._decay).add_(1.0)
@@ -63,15 +76,21 @@ class OSTL(LayerRule):
         self._decay_after(self.psi[-1], self._decay)
         return decays
 
-    def _block_eligibility(self, lam, decays, grad_w, grad_b):
+    def _block_eligibility(self, lam, decays, grad_w, grad_b, final):
         """Add Σ_k direct_k ⊙row ε_k (contracted over the batch, and the bias twin) to the
         gradients, given λ = reverse_scan(direct, δ), then advance ε and ε^b over the block
-        (K ≥ 2 steps)."""
+        (K ≥ 2 steps), unless the block is ``final``."""
         first = decays[0] * lam[0]
-        contract_batch(first, self.eligibility, grad_w)
+        if self.eligibility is not None:
+            contract_batch(first, self.eligibility, grad_w)
         grad_w.addmm_(lam.flatten(0, 1).t(), self.inputs.flatten(0, 1))
         grad_b.add_((first * self.bias_eligibility).sum(0)).add_(lam.sum((0, 1)))
+        if final:
+            return
         products = suffix_products(decays)
         keep, coef = products[0], products[1:]
         self.bias_eligibility.mul_(keep).add_(coef.sum(0))
-        advance_trace(self.eligibility, keep, coef, self.inputs)
+        fresh = self.eligibility is None
+        if fresh:
+            self.eligibility = self._new_trace()
+        advance_trace(self.eligibility, keep, coef, self.inputs, from_zero=fresh)

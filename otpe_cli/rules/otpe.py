@@ -12,7 +12,9 @@ gradient) and ρ_k = β^{K−k}ψ_k + δ_{k+1}·ρ_{k+1} (what ε_k is worth to 
     R̂_K = β^K R̂_0 + (δ_1 ρ_1) ⊙row ε_0 + Σ_k ρ_k a_kᵀ.
 
 R̂ is stored as R̂ = scale·R̃ with scale = β^t (a Python float), so the β^K decay costs no pass
-over R̃; the scale is folded back into R̃ before 1/scale could overflow.
+over R̃; the scale is folded back into R̃ before 1/scale could overflow. As ε in OSTL,
+R̃ is made by the first block that ends before the sequence does, and the last block does
+not advance it but gives it back.
 """
 import torch
 
@@ -27,8 +29,8 @@ class OTPE(OSTL):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.post_synaptic_trace = self._zeros(self.batch, self.n_out, self.n_in)  # R̃ = R̂/scale
-        self.bias_post_synaptic_trace = self._zeros(self.batch, self.n_out)         # R̂^b
+        self.post_synaptic_trace = None                       # R̃ = R̂/scale (0 until made)
+        self.bias_post_synaptic_trace = self._zeros(self.batch, self.n_out)  # R̂^b
         self.scale = 1.0
         self.g_bar = GBar(self.beta)
 
@@ -40,30 +42,46 @@ class OTPE(OSTL):
         """R̂ ← decay·R̂, as a change of scale; when the scale gets small it is folded into R̃
         instead (so R̃ must not be read as the R̂ before this)."""
         if self.scale * decay < _RENORMALISE_BELOW:  # (β = 0 included)
-            self.post_synaptic_trace.mul_(self.scale * decay)
+            if self.post_synaptic_trace is not None:
+                self.post_synaptic_trace.mul_(self.scale * decay)
             self.scale = 1.0
         else:
             self.scale *= decay
 
-    def accumulate(self, e, grad_w, grad_b):
+    def accumulate(self, e, grad_w, grad_b, final=False):
         if len(e) == 1:
             psi = self.psi[0]
             self._step_eligibility()
             self._decay_post_synaptic(self.beta)
+            if self.post_synaptic_trace is None:
+                self.post_synaptic_trace = self._new_trace().zero_()
             self.post_synaptic_trace.addcmul_(psi.unsqueeze(2) / self.scale, self.eligibility)
             self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
             contract_batch(e[0] * self.scale, self.post_synaptic_trace, grad_w)
             grad_b.add_((e[0] * self.bias_post_synaptic_trace).sum(0))
         else:
-            self._block(e, grad_w, grad_b)
+            self._block(e, grad_w, grad_b, final)
+        if final:
+            self._give_back_traces()
         return e * self.g_bar.value
 
-    def _block(self, e, grad_w, grad_b):
+    def _give_back_traces(self):
+        super()._give_back_traces()
+        if self.post_synaptic_trace is not None:
+            self._traces.give_back(self.post_synaptic_trace)
+            self.post_synaptic_trace = None
+
+    def _block(self, e, grad_w, grad_b, final):
         decays = self._block_decays()
         K, beta, psi, trace = len(e), self.beta, self.psi, self.post_synaptic_trace
         worth = reverse_scan(e, beta)                                        # μ
-        contract_batch(worth[0] * (beta * self.scale), trace, grad_w)
+        if trace is not None:
+            contract_batch(worth[0] * (beta * self.scale), trace, grad_w)
         grad_b.add_((worth[0] * self.bias_post_synaptic_trace).sum(0), alpha=beta)
+        if final:  # R̂ after the block is never read: only λ is needed
+            lam = reverse_scan(psi * worth, decays)
+            self._block_eligibility(lam, decays, grad_w, grad_b, final)
+            return
         self._decay_post_synaptic(beta ** K)  # (after the contraction of R̂_0)
         # one scan through ε's decays for two things: ρ/scale, what ε_k is worth to R̃ at
         # the block's end, and λ, what it is worth to the block's gradient
@@ -73,9 +91,13 @@ class OTPE(OSTL):
         torch.mul(psi, worth, out=direct[:, 1])
         reach, lam = reverse_scan(direct, decays.unsqueeze(1)).unbind(1)
         first = decays[0] * reach[0]
-        trace.addcmul_(first.unsqueeze(2), self.eligibility)  # reads ε_0
-        advance_trace(trace, None, reach, self.inputs)
+        fresh = trace is None  # (then so is ε_0: both are made by the same block)
+        if fresh:
+            trace = self.post_synaptic_trace = self._new_trace()
+        else:
+            trace.addcmul_(first.unsqueeze(2), self.eligibility)  # reads ε_0
+        advance_trace(trace, None, reach, self.inputs, from_zero=fresh)
         self.bias_post_synaptic_trace.mul_(beta ** K)
         self.bias_post_synaptic_trace.addcmul_(first, self.bias_eligibility, value=self.scale)
         self.bias_post_synaptic_trace.add_(reach.sum(0), alpha=self.scale)
-        self._block_eligibility(lam, decays, grad_w, grad_b)
+        self._block_eligibility(lam, decays, grad_w, grad_b, final)
