@@ -28,7 +28,7 @@ from otpe_cli.algorithms import _flushing_denormals
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
-from otpe_cli.rules.base import TracePool
+from otpe_cli.rules.base import TracePool, advance_trace, contract_batch
 
 TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
     "ottt": ("ottt", "bptt", 1.3),
@@ -93,6 +93,36 @@ def rule_work(model, rule_name, batch, steps, device, traces):
     return time.perf_counter() - tic
 
 
+def product_work(model, batch, steps, device, traces):
+    """Only the matrix products an OSTL pass does, on random operands of the same shapes and
+    in the same blocks: each layer's input currents, the sweep of the errors, the inputs' share
+    of the gradient and, where the pass needs them, the trace's batched product (every block
+    but the last) and its contraction (every block but the first). ``traces``: one
+    (B, N_out, N_in) tensor per layer, kept from call to call as the pass keeps its own."""
+    block = block_steps(steps)
+    layers = model.layers
+    with torch.no_grad():
+        acts = [torch.rand(block, batch, n, device=device) for n in model.sizes]
+        grads = [torch.zeros_like(layer.weight) for layer in layers]
+        sync(device)
+        tic = time.perf_counter()
+        for t in range(0, steps, block):
+            k, first, last = min(block, steps - t), t == 0, t + block >= steps
+            for layer, a in zip(layers, acts):
+                torch.addmm(layer.bias, a[:k].flatten(0, 1), layer.weight.t())
+            for i in range(len(layers) - 1, -1, -1):
+                lam, a = acts[i + 1][:k], acts[i][:k]
+                if not first:
+                    contract_batch(lam[0], traces[i], grads[i])
+                grads[i].addmm_(lam.flatten(0, 1).t(), a.flatten(0, 1))
+                if not last:
+                    advance_trace(traces[i], None, lam, a, from_zero=first)
+                if i:
+                    lam.flatten(0, 1) @ layers[i].weight
+        sync(device)
+    return time.perf_counter() - tic
+
+
 def timing(args, device):
     data, gen, model = make_problem(args, device)
     x, y = data.train_batch(args.batch, gen)
@@ -104,6 +134,9 @@ def timing(args, device):
     floor_t, floor2_t = [], []
     rule_t = {rule: [] for rule in ("ostl", "otpe") if rule in algs}  # only what is printed
     pools = {rule: TracePool() for rule in rule_t}
+    products_t = []
+    product_traces = [torch.zeros(args.batch, layer.n_out, layer.n_in, device=device)
+                      for layer in model.layers] if "ostl" in algs else None
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
     for rep in range(args.repeats):
@@ -128,11 +161,14 @@ def timing(args, device):
                                         [2] * (args.depth - 1) + [1]))
         for rule, times in rule_t.items():
             times.append(rule_work(model, rule, args.batch, args.steps, device, pools[rule]))
+        if product_traces is not None:
+            products_t.append(product_work(model, args.batch, args.steps, device,
+                                           product_traces))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = lambda v: statistics.median(v)  # noqa: E731
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
             med(floor_t), med(floor2_t) if floor2_t else None,
-            {n: med(v) for n, v in rule_t.items()})
+            {n: med(v) for n, v in rule_t.items()}, med(products_t) if products_t else None)
 
 
 def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
@@ -195,7 +231,7 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor, floor2, rule_t = timing(args, device)
+    grad_t, iter_t, floor, floor2, rule_t, products = timing(args, device)
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
     for name in grad_t:
@@ -214,6 +250,9 @@ def main(argv=None):
               f"pass, loss or sweep) / floor: {rule_t['ostl'] / floor:.2f}")
         print(f"OSTL without its rule (the loop all rules share) / floor: "
               f"{(grad_t['ostl'] - rule_t['ostl']) / floor:.2f}")
+        print(f"only the matrix products of an OSTL pass (currents, sweep, gradient, the "
+              f"trace's product and contraction; bare, same shapes and blocks) / floor: "
+              f"{products / floor:.2f}")
     if "otpe" in rule_t and "ostl" in rule_t:
         print(f"the OTPE rule alone / the OSTL rule alone: "
               f"{rule_t['otpe'] / rule_t['ostl']:.2f}")
@@ -236,6 +275,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
                        "floor_otpe_s": floor2, "rule_only_s": rule_t,
+                       "ostl_products_s": products,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
                        "args": vars(args)}, f, indent=2)
     return 0

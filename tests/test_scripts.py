@@ -31,11 +31,12 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     assert all(t > 0 for t in figures["gradient_s"].values())
     assert all(t > 0 for t in figures["iteration_s"].values())
     assert figures["floor_s"] > 0 and sorted(figures["rule_only_s"]) == ["ostl", "otpe"]
-    assert figures["floor_otpe_s"] > 0
+    assert figures["floor_otpe_s"] > 0 and figures["ostl_products_s"] > 0
     assert sorted(figures["memory_mib"]) == ["bptt", "ostl"]
     assert all(len(v) == 2 for v in figures["memory_mib"].values())
     for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
-                 "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory"):
+                 "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory",
+                 "only the matrix products of an OSTL pass"):
         assert line in out, line
 
 
@@ -47,6 +48,7 @@ def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
     figures = json.loads((tmp_path / "b.json").read_text())
     assert sorted(figures["gradient_s"]) == ["bptt", "otpe"]
     assert sorted(figures["rule_only_s"]) == ["otpe"]  # the OSTL rule was not timed
+    assert figures["ostl_products_s"] is None
     assert "OSTL / floor" not in out and "otpe / ostl" not in out and "peak memory" not in out
 
 
