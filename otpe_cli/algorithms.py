@@ -67,7 +67,7 @@ def online_pass(
     grads = _zeros_like_params(model)
     grad_w, grad_b = grads[0::2], grads[1::2]
     traces = traces if traces is not None else TracePool()
-    traces.new_pass()
+    traces.new_pass(B, layers[0].weight.dtype, layers[0].weight.device)
     with torch.no_grad():
         rules = [RULES[name](layer, B, model.beta, model.threshold, bias_trace, traces)
                  for name, layer in zip(rule_names, layers)]

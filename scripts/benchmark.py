@@ -73,7 +73,7 @@ def rule_work(model, rule_name, batch, steps, device, traces):
     in blocks of steps as the offline pass runs them (`block_steps`), on fixed inputs: no
     forward pass, no loss, no sweep (what the rule adds to the shared loop), with subnormals
     flushed and the traces of the last call reused (``traces``) as in that loop."""
-    traces.new_pass()
+    traces.new_pass(batch, model.layers[0].weight.dtype, model.layers[0].weight.device)
     with torch.no_grad(), _flushing_denormals():
         rules = [RULES[rule_name](layer, batch, model.beta, model.threshold, False, traces)
                  for layer in model.layers]

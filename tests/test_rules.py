@@ -704,6 +704,36 @@ def test_traces_kept_from_the_last_pass_are_not_read(monkeypatch, alg, block):
     assert all(torch.isfinite(t).all() for g in steps["kept"] for t in g)
 
 
+def test_kept_traces_a_pass_cannot_use_are_dropped(monkeypatch):
+    """Traces made under torch.inference_mode() cannot be written outside it, and traces of
+    another batch size or dtype do not fit: the next pass starts without them (it used to
+    fail on the first, and to hold the others beside its own)."""
+    import otpe_cli.snn as snn
+    from otpe_cli import build_algorithm
+    monkeypatch.setattr(snn, "BLOCK_STEPS", 4)
+    _, sequence_gradients = _prod()
+    sizes, T = [6, 5, 4, 3], 13
+    x, y = make_x(T, 3, sizes[0], "counts", seed=5), make_y(3, sizes[-1], seed=5)
+    model = build_active_model(sizes, x)
+    want = as_list(sequence_gradients("otpe", model, x, y), 3)
+    algorithm = build_algorithm("otpe")
+    with torch.inference_mode():
+        algorithm.gradients(model, x, y)
+    assert len(algorithm.traces._given_back) == 5
+    got, _ = algorithm.gradients(model, x, y)
+    assert_grads_close([(got[2 * i], got[2 * i + 1]) for i in range(3)], want,
+                       "otpe after a pass under inference_mode")
+    kept = list(algorithm.traces._given_back)
+    algorithm.traces.new_pass(4, torch.float64, kept[0].device)   # another batch size
+    assert algorithm.traces._free == []
+    algorithm.traces._given_back = kept
+    algorithm.traces.new_pass(3, torch.float32, kept[0].device)   # another dtype
+    assert algorithm.traces._free == []
+    algorithm.traces._given_back = kept
+    algorithm.traces.new_pass(3, torch.float64, kept[0].device)   # this pass's
+    assert len(algorithm.traces._free) == 5
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 @pytest.mark.parametrize("alg", RULES)
 def test_leak_zero_or_tiny_matches_reference(alg, beta):

@@ -32,14 +32,20 @@ class TracePool:
     2 CPU cores that was ~20 % of an OTPE sequence gradient. An `Algorithm` keeps one pool for
     all its passes: a pass calls ``new_pass()``, its rules ``take`` their traces (uninitialised)
     and ``give_back`` the ones they are done with, which the next pass may take. Only the last
-    pass's traces are kept (the ones a pass did not take are dropped at the next)."""
+    pass's traces are kept, and only those a pass can use: of its batch size, dtype and
+    device, and not made under ``torch.inference_mode()`` unless it runs there too (such a
+    tensor cannot be written outside it)."""
 
     def __init__(self):
         self._free: list[torch.Tensor] = []
         self._given_back: list[torch.Tensor] = []
 
-    def new_pass(self) -> None:
-        self._free, self._given_back = self._given_back, []
+    def new_pass(self, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+        inference = torch.is_inference_mode_enabled()
+        self._free = [t for t in self._given_back
+                      if t.shape[0] == batch and t.dtype == dtype and t.device == device
+                      and (inference or not t.is_inference())]
+        self._given_back = []
 
     def take(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         for i, trace in enumerate(self._free):
