@@ -30,11 +30,11 @@ class TracePool:
     Every pass needs its traces afresh, and a freed tensor of the process's largest size goes
     back to the OS, so allocating it again costs a page fault on each of its 4 KiB pages: on
     2 CPU cores that was ~20 % of an OTPE sequence gradient. An `Algorithm` keeps one pool for
-    all its passes: a pass calls ``new_pass()``, its rules ``take`` their traces (uninitialised)
-    and ``give_back`` the ones they are done with, which the next pass may take. Only the last
-    pass's traces are kept, and only those a pass can use: of its batch size, dtype and
-    device, and not made under ``torch.inference_mode()`` unless it runs there too (such a
-    tensor cannot be written outside it)."""
+    all its passes: a pass calls ``new_pass(B, dtype, device)``, its rules ``take`` their
+    traces (uninitialised) and ``give_back`` the ones they are done with, which the next pass
+    may take. Only the last pass's traces are kept, and only those a pass can use: of its
+    batch size, dtype and device, and not made under ``torch.inference_mode()`` unless it runs
+    there too (such a tensor cannot be written outside it)."""
 
     def __init__(self):
         self._free: list[torch.Tensor] = []
