@@ -12,7 +12,7 @@ import torch
 
 from .rules import COMPOSITES, RULES
 from .rules.base import FactorisedRule, TracePool, leaky_sum
-from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps, surrogate
+from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps
 
 ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
 
@@ -78,8 +78,8 @@ def online_pass(
         for t in range(0, T, block):
             a = x[t:t + block]
             for i, (layer, rule) in enumerate(zip(layers, rules)):
-                v, s, us[i] = model.lif_block(layer, us[i], a)
-                rule.update(a, surrogate(v, model.threshold, model.slope))
+                _, s, us[i], psi = model.lif_block(layer, us[i], a, with_surrogate=True)
+                rule.update(a, psi)
                 spike_counts[i].add_(s[0] if len(s) == 1 else s.sum(0))
                 a = s
             e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 #: β = sigmoid(3), the released code's effective leak (SPEC §1).
 DEFAULT_BETA = 1.0 / (1.0 + math.exp(-3.0))
 #: Truncated-normal correction so that the truncated LeCun normal has variance 1/fan_in.
@@ -206,10 +208,12 @@ class SNN(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"layers.{i}" for i in range(self.depth)]
 
-    def lif_block(self, layer: LIFLayer, u, a):
+    def lif_block(self, layer: LIFLayer, u, a, with_surrogate: bool = False):
         """K steps of one layer on its inputs a (K, B, N_in): the input currents of all K steps
         in one matrix product, then `membrane_step` at each step. Returns v and s as
-        (K, B, N_out) and the last u. (Without autograd, v is written over the currents.)"""
+        (K, B, N_out) and the last u, and ψ = surrogate(v) too if ``with_surrogate``.
+        Without autograd, v is written over the currents, and on CPU the steps and ψ are one
+        fused kernel where it reproduces these ops to the last bit (`kernels`)."""
         current = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t())
         current = current.view(*a.shape[:2], -1)
         if torch.is_grad_enabled():
@@ -218,12 +222,20 @@ class SNN(nn.Module):
                 v, s, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope)
                 vs.append(v)
                 ss.append(s)
-            return torch.stack(vs), torch.stack(ss), u
-        s = torch.empty_like(current)
-        for k in range(len(current)):
-            _, _, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope,
-                                    out=(current[k], s[k]))
-        return current, s, u
+            out = torch.stack(vs), torch.stack(ss), u
+        else:
+            fused = kernels.lif_block(current, u, self.beta, self.threshold, self.slope)
+            if fused is not None:
+                s, psi, u = fused
+                return (current, s, u, psi) if with_surrogate else (current, s, u)
+            s = torch.empty_like(current)
+            for k in range(len(current)):
+                _, _, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope,
+                                        out=(current[k], s[k]))
+            out = current, s, u
+        if with_surrogate:
+            out += (surrogate(out[0], self.threshold, self.slope),)
+        return out
 
     def forward(self, x: torch.Tensor, readout: str = "spikes"):
         """Unroll over x (T, B, N_in), in blocks of `block_steps` steps layer by layer.

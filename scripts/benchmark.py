@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from otpe_cli import ALGORITHMS, SNN, build_algorithm
+from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels
 from otpe_cli.algorithms import _flushing_denormals
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
@@ -232,6 +232,7 @@ def main(argv=None):
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
     grad_t, iter_t, floor, floor2, rule_t, products = timing(args, device)
+    print(f"fused CPU kernels (otpe_cli.kernels): {kernels.status()}")
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
     for name in grad_t:

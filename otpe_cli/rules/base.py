@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
+
 
 class TracePool:
     """Per-sample N_out × N_in traces kept from one pass to the next.
@@ -86,7 +88,11 @@ class LayerRule:
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float) -> torch.Tensor:
     """x_k = decay·x_{k−1} + inputs_k over the K steps of a block (inputs (K, …)), from
-    x_{−1} = ``state``, which is left at x_{K−1}; returns every x_k, (K, …)."""
+    x_{−1} = ``state``, which is left at x_{K−1}; returns every x_k, (K, …). (On CPU, one
+    fused kernel that rounds as these ops do: `kernels`.)"""
+    fused = kernels.leaky_sum(state, inputs, decay)
+    if fused is not None:
+        return fused
     if len(inputs) == 1:
         out = torch.add(inputs, state, alpha=decay)
     else:
@@ -166,7 +172,11 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
     """λ_k = direct_k + decay_{k+1}·λ_{k+1} over k = K−1..0 (λ_{K−1} = direct_{K−1}) for
     direct (K, B, N) and decay (K, B, N) or a float: how much a unit at step k of a block feeds
     into everything the block later sums, through a recurrence x_k = decay_k·x_{k−1} + ….
-    (A scan of products and sums only: no division, so exact when a decay is 0.)"""
+    (A scan of products and sums only: no division, so exact when a decay is 0. On CPU, one
+    fused kernel that rounds as these ops do: `kernels`.)"""
+    fused = kernels.reverse_scan(direct, decay)
+    if fused is not None:
+        return fused
     out = torch.empty_like(direct)
     out[-1] = direct[-1]
     scalar = isinstance(decay, float)
@@ -192,7 +202,11 @@ def advance_trace(trace: torch.Tensor, keep: torch.Tensor | None, coef: torch.Te
 
 def suffix_products(decays: torch.Tensor) -> torch.Tensor:
     """P_k = Π_{n > k} decays_n for k = −1..K−1 (K + 1 rows; P_{K−1} = 1): what a unit added
-    at step k of a block is worth at its end, and P_{−1} what the block keeps of the start."""
+    at step k of a block is worth at its end, and P_{−1} what the block keeps of the start.
+    (On CPU, one fused kernel: `kernels`.)"""
+    fused = kernels.suffix_products(decays)
+    if fused is not None:
+        return fused
     out = torch.empty((decays.shape[0] + 1,) + decays.shape[1:], dtype=decays.dtype,
                       device=decays.device)
     out[-1] = 1.0

@@ -1,0 +1,311 @@
+"""One fused CPU kernel for the membrane steps of a block without autograd, built on first use.
+
+Without autograd (the online rules' pass, and evaluation) a layer's K steps in a block were a
+loop of small element-wise ops per step (`snn.membrane_step`), then the surrogate ψ over the
+block: on 2 CPU cores their dispatch, not their arithmetic, cost ~2 ms per 128 × 128 block.
+``lif_block`` does the same arithmetic in one vectorised pass (~0.08 ms), in C++ built by
+``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~25 s, then
+cached under ``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; it needs a C++
+compiler and ninja).
+
+The membranes must equal those of BPTT's forward, which runs the eager ops with autograd, to
+the last bit (a rounding on the other side of θ changes a spike; see `snn.BLOCK_STEPS`). The
+kernel rounds each operation as the eager op does: I + β·u as one fused multiply-add, as ATen's
+``add(alpha=β)`` does on CPUs with FMA (the kernel uses the FMA instruction on CPUs with AVX2
+and FMA, chosen at run time, and the C library's exact ``fma`` elsewhere); the surrogate's
+steps one by one, never contracted. When it is loaded it is checked against the eager ops on
+random blocks in float32 and float64; if a single bit differs, or it cannot be built, the eager
+ops are used and the reason is logged once (``status()``). ``OTPE_CLI_FUSED=0`` turns it off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <cmath>
+#include <cstdint>
+
+// x86: a second copy of each loop for CPUs with AVX2 and FMA, chosen at run time (std::fma is
+// one instruction there, a library call otherwise); other CPUs compile one copy
+#if defined(__x86_64__) || defined(__i386__)
+#define FMA_TARGET __attribute__((target("avx2,fma")))
+static bool has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#else
+#define FMA_TARGET
+static bool has_fma() { return false; }
+#endif
+
+// K steps of P membranes: current (K, P) becomes v, u (P) the last u; spikes and psi (K, P).
+template <typename T>
+static inline __attribute__((always_inline)) void lif_steps(
+    T* __restrict current, T* __restrict u, T* __restrict spikes, T* __restrict psi,
+    int64_t K, int64_t P, T beta, T theta, T slope) {
+  for (int64_t k = 0; k < K; ++k) {
+    T* __restrict c = current + k * P;
+    T* __restrict s = spikes + k * P;
+    T* __restrict q = psi + k * P;
+    for (int64_t j = 0; j < P; ++j) {
+      T v = std::fma(beta, u[j], c[j]);           // v = I + β·u, rounded once
+      T spike = static_cast<T>(v >= theta);       // H(v − θ), H(0) = 1
+      c[j] = v;
+      s[j] = spike;
+      T r = T(1) / (std::fabs(v - theta) * slope + T(1));
+      q[j] = r * r;                               // ψ = 1/(k·|v − θ| + 1)²
+      u[j] = v - theta * spike;                   // reset
+    }
+  }
+}
+
+// The linear scans of the rules' block updates (rules.base), each as its eager ops round it:
+// torch.add(a, b, alpha=c) as fma(c, b, a), torch.addcmul(a, b, c) as fma(b, c, a), torch.mul
+// (as ATen rounds them on CPUs with FMA: checked when loaded).
+template <typename T>
+static inline __attribute__((always_inline)) void leaky_steps(
+    T* __restrict state, const T* __restrict inputs, T* __restrict out, int64_t K, int64_t P,
+    T decay) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T* __restrict x = inputs + k * P;
+    T* __restrict o = out + k * P;
+    for (int64_t j = 0; j < P; ++j) {
+      T v = std::fma(decay, state[j], x[j]);
+      o[j] = v;
+      state[j] = v;
+    }
+  }
+}
+
+template <typename T>
+static inline __attribute__((always_inline)) void reverse_steps(
+    const T* __restrict direct, const T* __restrict decay, T* __restrict out, int64_t K,
+    int64_t R, int64_t P, T scalar) {
+  // out[K−1] = direct[K−1]; out[k] = fma(decay[k+1], out[k+1], direct[k]) (decay (K, P) shared by
+  // the R rows of direct (K, R, P)), or fma(scalar, out[k+1], direct[k]) without decay
+  for (int64_t j = 0; j < R * P; ++j) out[(K - 1) * R * P + j] = direct[(K - 1) * R * P + j];
+  for (int64_t k = K - 2; k >= 0; --k) {
+    for (int64_t r = 0; r < R; ++r) {
+      const T* __restrict d = direct + (k * R + r) * P;
+      const T* __restrict n = out + ((k + 1) * R + r) * P;
+      T* __restrict o = out + (k * R + r) * P;
+      if (decay) {
+        const T* __restrict g = decay + (k + 1) * P;
+        for (int64_t j = 0; j < P; ++j) o[j] = std::fma(g[j], n[j], d[j]);
+      } else {
+        for (int64_t j = 0; j < P; ++j) o[j] = std::fma(scalar, n[j], d[j]);
+      }
+    }
+  }
+}
+
+template <typename T>
+static inline __attribute__((always_inline)) void suffix_steps(
+    const T* __restrict decays, T* __restrict out, int64_t K, int64_t P) {
+  for (int64_t j = 0; j < P; ++j) out[K * P + j] = T(1);
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const T* __restrict g = decays + k * P;
+    const T* __restrict n = out + (k + 1) * P;
+    T* __restrict o = out + k * P;
+    for (int64_t j = 0; j < P; ++j) o[j] = n[j] * g[j];
+  }
+}
+
+#define TWICE(NAME, BODY, ...)                                                        \
+  template <typename T> FMA_TARGET static void NAME##_fma(__VA_ARGS__) BODY \
+  template <typename T> static void NAME##_plain(__VA_ARGS__) BODY
+
+TWICE(lif, { lif_steps<T>(current, u, spikes, psi, K, P, beta, theta, slope); },
+      T* current, T* u, T* spikes, T* psi, int64_t K, int64_t P, T beta, T theta, T slope)
+TWICE(leaky, { leaky_steps<T>(state, inputs, out, K, P, decay); },
+      T* state, const T* inputs, T* out, int64_t K, int64_t P, T decay)
+TWICE(reverse, { reverse_steps<T>(direct, decay, out, K, R, P, scalar); },
+      const T* direct, const T* decay, T* out, int64_t K, int64_t R, int64_t P, T scalar)
+TWICE(suffix, { suffix_steps<T>(decays, out, K, P); }, const T* decays, T* out, int64_t K, int64_t P)
+
+// state (P) is left at the last step; returns every step, (K, P)
+torch::Tensor leaky_sum(torch::Tensor state, torch::Tensor inputs, double decay) {
+  auto out = torch::empty_like(inputs);
+  int64_t K = inputs.size(0), P = state.numel();
+  AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "leaky_sum", [&] {
+    auto run = has_fma() ? leaky_fma<scalar_t> : leaky_plain<scalar_t>;
+    run(state.data_ptr<scalar_t>(), inputs.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), K,
+        P, (scalar_t)decay);
+  });
+  return out;
+}
+
+// direct (K, R, P) with decay (K, P), or decay undefined and the float scalar
+torch::Tensor reverse_scan(torch::Tensor direct, c10::optional<torch::Tensor> decay,
+                           double scalar, int64_t R) {
+  auto out = torch::empty_like(direct);
+  int64_t K = direct.size(0), P = direct.numel() / (K * R);
+  AT_DISPATCH_FLOATING_TYPES(direct.scalar_type(), "reverse_scan", [&] {
+    const scalar_t* g = decay.has_value() ? decay->data_ptr<scalar_t>() : nullptr;
+    auto run = has_fma() ? reverse_fma<scalar_t> : reverse_plain<scalar_t>;
+    run(direct.data_ptr<scalar_t>(), g, out.data_ptr<scalar_t>(), K, R, P, (scalar_t)scalar);
+  });
+  return out;
+}
+
+// (K + 1, P): row k the product of decays after k, the last row 1
+torch::Tensor suffix_products(torch::Tensor decays) {
+  int64_t K = decays.size(0), P = decays.numel() / K;
+  auto sizes = decays.sizes().vec();
+  sizes[0] = K + 1;
+  auto out = torch::empty(sizes, decays.options());
+  AT_DISPATCH_FLOATING_TYPES(decays.scalar_type(), "suffix_products", [&] {
+    auto run = has_fma() ? suffix_fma<scalar_t> : suffix_plain<scalar_t>;
+    run(decays.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), K, P);
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, double beta,
+                                     double theta, double slope) {
+  auto spikes = torch::empty_like(current);
+  auto psi = torch::empty_like(current);
+  int64_t K = current.size(0), P = u.numel();
+  AT_DISPATCH_FLOATING_TYPES(current.scalar_type(), "lif_block", [&] {
+    auto run = has_fma() ? lif_fma<scalar_t> : lif_plain<scalar_t>;
+    run(current.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), spikes.data_ptr<scalar_t>(),
+        psi.data_ptr<scalar_t>(), K, P, (scalar_t)beta, (scalar_t)theta, (scalar_t)slope);
+  });
+  return {spikes, psi};
+}
+"""
+#: -ffp-contract=off: no multiply-add the eager ops do not make; -fno-trapping-math lets the
+#: comparison vectorise (it changes no result)
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
+
+_module = None      # the built extension, once loaded and checked
+_unusable = None    # why it is not used (then the eager ops are), once known
+
+
+def _eager(current, u, beta, theta, slope):
+    """The eager ops the kernel must match: `snn.membrane_step` and `snn.surrogate`."""
+    from .snn import membrane_step, surrogate
+
+    v, s = current.clone(), torch.empty_like(current)
+    for k in range(len(v)):
+        _, _, u = membrane_step(u, v[k], beta, theta, slope, out=(v[k], s[k]))
+    return v, s, u, surrogate(v, theta, slope)
+
+
+def _check(module) -> str | None:
+    """None if every kernel reproduces its eager ops bit for bit here, else what differed."""
+    from .rules import base
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for shape in ((25, 16, 40), (7, 3, 5)):  # (vector bodies and scalar tails)
+            rand = lambda *size: torch.randn(*size, generator=g).to(dtype)  # noqa: E731
+            current, u = rand(*shape) * 0.7 + 0.3, torch.full(shape[1:], 0.5, dtype=dtype)
+            v, u_k = current.clone(), u.clone()
+            got = (v, *module.lif_block(v, u_k, 0.95, 1.0, 25.0), u_k)
+            want = _eager(current, u.clone(), 0.95, 1.0, 25.0)
+            pairs = list(zip(("membrane v", "spikes", "ψ", "u"),
+                             (want[0], want[1], want[3], want[2]), got))
+            direct, decays, state = rand(*shape), rand(*shape), rand(*shape[1:])
+            stacked = rand(shape[0], 2, *shape[1:])
+            kept = state.clone()
+            pairs += [
+                ("leaky sum", base.leaky_sum(state.clone(), direct, 0.95),
+                 module.leaky_sum(kept, direct, 0.95)),
+                ("reverse scan", base.reverse_scan(direct, decays),
+                 module.reverse_scan(direct, decays, 0.0, 1)),
+                ("stacked reverse scan", base.reverse_scan(stacked, decays.unsqueeze(1)),
+                 module.reverse_scan(stacked, decays, 0.0, 2)),
+                ("scalar reverse scan", base.reverse_scan(direct, 0.95),
+                 module.reverse_scan(direct, None, 0.95, 1)),
+                ("suffix products", base.suffix_products(decays), module.suffix_products(decays))]
+            for name, a, b in pairs:
+                if not torch.equal(a, b):
+                    return (f"its {name} differs from the eager ops' in {int((a != b).sum())} "
+                            f"of {a.numel()} values ({dtype})")
+    return None
+
+
+def _load() -> None:
+    global _module, _unusable
+    if os.environ.get("OTPE_CLI_FUSED", "1") == "0":
+        _unusable = "OTPE_CLI_FUSED=0"
+        return
+    _unusable = "being checked"  # (the check runs the eager ops of rules.base)
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        module = load_inline("otpe_cli_fused_v3", cpp_sources=_SOURCE, extra_cflags=_FLAGS,
+                             functions=["lif_block", "leaky_sum", "reverse_scan",
+                                        "suffix_products"])
+        why = _check(module)
+    except Exception as exc:  # no compiler, no ninja, a read-only cache, …
+        why = f"it could not be built ({type(exc).__name__}: {str(exc)[:300]})"
+    if why is None:
+        _module, _unusable = module, None
+    else:
+        _unusable = why
+        log.warning("the fused CPU kernels are not used: %s; running the eager ops (slower "
+                    "on CPU)", why)
+
+
+def _ready(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels run on these tensors (loading them on first use): CPU, float32 or
+    float64 alike, contiguous, no graph."""
+    t = tensors[0]
+    if not all(x.device.type == "cpu" and x.dtype == t.dtype and x.is_contiguous()
+               and not x.requires_grad for x in tensors):
+        return False
+    if t.dtype not in (torch.float32, torch.float64):
+        return False
+    if _module is None and _unusable is None:
+        _load()
+    return _module is not None
+
+
+def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
+    """`rules.base.leaky_sum` fused (state left at the last step), or None: run the eager."""
+    if state.shape != inputs.shape[1:] or not _ready(state, inputs):
+        return None
+    return _module.leaky_sum(state, inputs, decay)
+
+
+def reverse_scan(direct: torch.Tensor, decay):
+    """`rules.base.reverse_scan` fused, or None: run the eager. A tensor decay has direct's
+    shape, or 1 in direct's dimension 1 (shared by its rows)."""
+    if isinstance(decay, float):
+        return _module.reverse_scan(direct, None, decay, 1) if _ready(direct) else None
+    if decay.shape == direct.shape:
+        rows = 1
+    elif (decay.dim() == direct.dim() >= 2 and decay.shape[1] == 1
+          and decay.shape[2:] == direct.shape[2:] and decay.shape[0] == direct.shape[0]):
+        rows = direct.shape[1]
+    else:
+        return None
+    return _module.reverse_scan(direct, decay, 0.0, rows) if _ready(direct, decay) else None
+
+
+def suffix_products(decays: torch.Tensor):
+    """`rules.base.suffix_products` fused, or None: run the eager."""
+    return _module.suffix_products(decays) if _ready(decays) else None
+
+
+def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
+              slope: float):
+    """K membrane steps of one layer and their surrogates, fused: ``current`` (K, B, N), the
+    block's input currents, is overwritten with v; returns (spikes, ψ, the last u), spikes and
+    ψ (K, B, N). None where the kernels are not used (a GPU tensor, another dtype, a tensor
+    that needs a graph, or no usable kernel): then the caller runs the eager ops."""
+    if u.shape != current.shape[1:] or not _ready(current, u.contiguous()):
+        return None
+    u = u.contiguous().clone()  # the kernel writes the last u into it
+    spikes, psi = _module.lif_block(current, u, beta, theta, slope)
+    return spikes, psi, u
+
+
+def status() -> str:
+    """'used', 'not loaded yet', or why the eager ops are used."""
+    return "used" if _module is not None else (_unusable or "not loaded yet")

@@ -1,0 +1,159 @@
+"""The fused CPU kernels (otpe_cli.kernels) against the eager ops they stand in for, bit for bit.
+
+The membranes of the online rules' pass must equal those of BPTT's eager forward to the last bit
+(a rounding across θ flips a spike), and the scans feed every rule's gradient: each kernel is
+held here to the eager ops written out step by step, and whole passes, offline and online, to
+the same passes with the kernels turned off. Where no kernel can be built (no compiler), these
+comparisons are skipped and the fallback is what runs.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from otpe_cli import SNN, build_algorithm, kernels
+from otpe_cli.rules import base
+from otpe_cli.snn import membrane_step, surrogate
+
+ALGORITHMS = ["bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe"]
+
+
+@pytest.fixture
+def fused():
+    kernels._ready(torch.zeros(1))  # loads them, once per process
+    if kernels.status() != "used":
+        pytest.skip(f"no fused kernels here: {kernels.status()}")
+
+
+def test_the_kernels_are_built_and_used_where_a_compiler_and_ninja_are():
+    """(Else every other test here would skip, and a kernel that failed its check at loading
+    would go unnoticed.)"""
+    import shutil
+    import sys
+
+    if not (sys.platform.startswith("linux") and shutil.which("c++") and shutil.which("ninja")):
+        pytest.skip("no C++ compiler or ninja here")
+    kernels._ready(torch.zeros(1))
+    assert kernels.status() == "used"
+
+
+def kernels_off(monkeypatch):
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_unusable", "off in this test")
+
+
+def eager_membrane(current, u, beta, theta, slope):
+    v, s = current.clone(), torch.empty_like(current)
+    for k in range(len(v)):
+        _, _, u = membrane_step(u, v[k], beta, theta, slope, out=(v[k], s[k]))
+    return v, s, u, surrogate(v, theta, slope)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(25, 128, 128), (25, 128, 10), (3, 1, 7), (1, 5, 3)])
+def test_membrane_kernel_equals_the_eager_steps_bit_for_bit(fused, shape, dtype):
+    g = torch.Generator().manual_seed(1)
+    current = (torch.randn(shape, generator=g) * 0.8 + 0.4).to(dtype)
+    current[0, 0] = 1.0  # from u = 0: v = θ exactly, which spikes (H(0) = 1)
+    for beta, theta, slope in [(0.95, 1.0, 25.0), (0.0, 0.3, 400.0), (0.5, 2.5, 0.5)]:
+        u = torch.zeros(shape[1:], dtype=dtype)
+        v = current.clone()
+        s, psi, u_last = kernels.lif_block(v, u, beta, theta, slope)
+        want = eager_membrane(current, u, beta, theta, slope)
+        for name, a, b in zip(("v", "s", "u", "psi"), want, (v, s, u_last, psi)):
+            assert torch.equal(a, b), (name, beta, theta, slope)
+        assert torch.equal(u, torch.zeros_like(u))  # the caller's u is left as it was
+        if theta == 1.0:
+            assert bool((v[0, 0] == 1.0).all() and (s[0, 0] == 1.0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scan_kernels_equal_the_eager_loops_bit_for_bit(fused, monkeypatch, dtype):
+    g = torch.Generator().manual_seed(2)
+    rand = lambda *size: torch.randn(*size, generator=g).to(dtype)  # noqa: E731
+    K, B, N = 9, 4, 6
+    direct, decays, start = rand(K, B, N), rand(K, B, N), rand(B, N)
+    decays[3, 1, 2] = 0.0
+    stacked = rand(K, 2, B, N)
+    calls = {
+        "leaky_sum": lambda: (lambda st: (base.leaky_sum(st, direct, 0.9), st))(start.clone()),
+        "leaky_sum one step": lambda: (lambda st: (base.leaky_sum(st, direct[:1], 0.9), st))(
+            start.clone()),
+        "reverse_scan": lambda: base.reverse_scan(direct, decays),
+        "reverse_scan stacked": lambda: base.reverse_scan(stacked, decays.unsqueeze(1)),
+        "reverse_scan scalar": lambda: base.reverse_scan(direct, 0.9),
+        "suffix_products": lambda: base.suffix_products(decays),
+    }
+    got = {name: call() for name, call in calls.items()}
+    kernels_off(monkeypatch)
+    for name, call in calls.items():
+        want = call()
+        pairs = zip(want, got[name]) if isinstance(want, tuple) else [(want, got[name])]
+        assert all(torch.equal(a, b) for a, b in pairs), name
+
+
+def test_every_algorithm_is_the_same_to_the_bit_without_the_kernels(fused, monkeypatch):
+    """Offline gradients, the loss, and every online step's gradient, kernels on and off."""
+    g = torch.Generator().manual_seed(3)
+    model = SNN([20, 16, 16, 5], generator=g)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.weight.mul_(2.0)
+    x = (torch.rand(60, 8, 20, generator=g) < 0.3).float()  # blocks of 20, 20, 20
+    y = torch.randint(0, 5, (8,), generator=g)
+
+    def run_all():
+        out = {}
+        for name in ALGORITHMS:
+            algorithm = build_algorithm(name)
+            grads, stats = algorithm.gradients(model, x, y)
+            steps = []
+            if name != "bptt":
+                algorithm.train_online(model, x[:6], y,
+                                       lambda gs: steps.append([t.clone() for t in gs]))
+            out[name] = (grads, stats.loss, stats.rates, steps)
+        return out
+
+    with_kernels = run_all()
+    assert 0.02 < min(with_kernels["ottt"][2]) and max(with_kernels["ottt"][2]) < 0.9
+    kernels_off(monkeypatch)
+    without = run_all()
+    for name in ALGORITHMS:
+        (g1, l1, r1, s1), (g2, l2, r2, s2) = with_kernels[name], without[name]
+        assert all(torch.equal(a, b) for a, b in zip(g1, g2)), name
+        assert l1 == l2 and r1 == r2, name
+        assert len(s1) == len(s2) and all(
+            torch.equal(a, b) for sa, sb in zip(s1, s2) for a, b in zip(sa, sb)), name
+
+
+def test_without_a_compiler_the_eager_ops_run_and_say_why(monkeypatch, caplog):
+    import torch.utils.cpp_extension as cpp
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp, "load_inline", no_compiler)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_unusable", None)
+    model = SNN([6, 5, 3], generator=torch.Generator().manual_seed(0))
+    x = (torch.rand(9, 2, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    y = torch.tensor([0, 2])
+    with caplog.at_level(logging.WARNING, logger="otpe_cli.kernels"):
+        grads, _ = build_algorithm("otpe").gradients(model, x, y)
+        build_algorithm("ostl").gradients(model, x, y)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "otpe_cli.kernels"]
+    assert len(warnings) == 1  # once per process
+    assert "Ninja is required" in warnings[0] and "eager ops" in warnings[0]
+    assert "could not be built (RuntimeError" in kernels.status()
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+def test_otpe_cli_fused_0_turns_them_off_quietly(monkeypatch, caplog):
+    monkeypatch.setenv("OTPE_CLI_FUSED", "0")
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_unusable", None)
+    with caplog.at_level(logging.WARNING, logger="otpe_cli.kernels"):
+        assert kernels.lif_block(torch.zeros(2, 3, 4), torch.zeros(3, 4), 0.9, 1.0, 25.0) is None
+    assert kernels.status() == "OTPE_CLI_FUSED=0" and not caplog.records
