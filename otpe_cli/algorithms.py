@@ -154,7 +154,7 @@ class Algorithm:
         their gradients, the input batch, the rules' per-sample N_out × N_in traces and, for
         BPTT (or alignment to it), the membrane and spike of every unit at every step, kept
         for the backward pass. A lower bound (at batch 128, T 50, 50-128-128-10: 26 MB against
-        54–59 MiB measured for OTPE, whose offline blocks also hold 25 steps of activations;
+        50 MiB measured for OTPE, whose offline blocks also hold 25 steps of activations;
         15 MB against 33 MiB for BPTT), so a refusal built on it never refuses a run that
         would fit."""
         need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize

@@ -176,7 +176,8 @@ def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
     (Linux: peak RSS reset through /proc/self/clear_refs just before the call)."""
     code = f"""
 import resource, sys, torch, json
-from otpe_cli import SNN, build_algorithm
+from otpe_cli import SNN, build_algorithm, kernels
+kernels._ready(torch.zeros(1))  # (built and loaded once per process: not the gradient's memory)
 dev = torch.device({device!r})
 sizes = [{args.inputs}] + [{args.width}] * ({args.depth} - 1) + [10]
 model = SNN(sizes, generator=torch.Generator().manual_seed(0)).to(dev)

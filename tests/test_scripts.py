@@ -36,7 +36,7 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     assert all(len(v) == 2 for v in figures["memory_mib"].values())
     for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
                  "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory",
-                 "only the matrix products of an OSTL pass"):
+                 "only the matrix products of an OSTL pass", "fused CPU kernels"):
         assert line in out, line
 
 
