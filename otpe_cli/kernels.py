@@ -16,6 +16,11 @@ and FMA, chosen at run time, and the C library's exact ``fma`` elsewhere); the s
 steps one by one, never contracted. When it is loaded it is checked against the eager ops on
 random blocks in float32 and float64; if a single bit differs, or it cannot be built, the eager
 ops are used and the reason is logged once (``status()``). ``OTPE_CLI_FUSED=0`` turns it off.
+One difference is left, below any value that matters: where an eager op has more than 32 768
+elements, torch splits it across threads, and `torch.set_flush_denormal` (which the online pass
+turns on) holds only in the calling thread, so the eager ops flush some subnormals (< 1.2e-38
+in float32) to zero and keep others, where the kernels, in one thread, flush them all. Such a
+value cannot move a membrane across θ; a helper's review found no gradient that changed.
 """
 from __future__ import annotations
 
@@ -244,6 +249,9 @@ def _load() -> None:
         why = _check(module)
     except Exception as exc:  # no compiler, no ninja, a read-only cache, …
         why = f"it could not be built ({type(exc).__name__}: {str(exc)[:300]})"
+    except BaseException:  # (Ctrl-C during the build: try again next time)
+        _unusable = None
+        raise
     if why is None:
         _module, _unusable = module, None
     else:
@@ -254,10 +262,11 @@ def _load() -> None:
 
 def _ready(*tensors: torch.Tensor) -> bool:
     """Whether the kernels run on these tensors (loading them on first use): CPU, float32 or
-    float64 alike, contiguous, no graph."""
+    float64 alike, contiguous, not empty, no graph, no lazy negation."""
     t = tensors[0]
     if not all(x.device.type == "cpu" and x.dtype == t.dtype and x.is_contiguous()
-               and not x.requires_grad for x in tensors):
+               and x.numel() > 0 and not x.requires_grad and not x.is_neg()
+               for x in tensors):
         return False
     if t.dtype not in (torch.float32, torch.float64):
         return False
@@ -276,8 +285,8 @@ def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
 def reverse_scan(direct: torch.Tensor, decay):
     """`rules.base.reverse_scan` fused, or None: run the eager. A tensor decay has direct's
     shape, or 1 in direct's dimension 1 (shared by its rows)."""
-    if isinstance(decay, float):
-        return _module.reverse_scan(direct, None, decay, 1) if _ready(direct) else None
+    if not isinstance(decay, torch.Tensor):
+        return _module.reverse_scan(direct, None, float(decay), 1) if _ready(direct) else None
     if decay.shape == direct.shape:
         rows = 1
     elif (decay.dim() == direct.dim() >= 2 and decay.shape[1] == 1

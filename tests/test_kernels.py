@@ -157,3 +157,16 @@ def test_otpe_cli_fused_0_turns_them_off_quietly(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="otpe_cli.kernels"):
         assert kernels.lif_block(torch.zeros(2, 3, 4), torch.zeros(3, 4), 0.9, 1.0, 25.0) is None
     assert kernels.status() == "OTPE_CLI_FUSED=0" and not caplog.records
+
+
+def test_what_the_kernels_do_not_take_goes_to_the_eager_ops(fused):
+    """Empty blocks (the kernels' loops divide by the block's length) and lazily negated views
+    (their memory holds the values before the sign): the eager ops, not a crash or a wrong
+    sign."""
+    assert torch.equal(base.suffix_products(torch.ones(0, 2, 3)), torch.ones(1, 2, 3))
+    assert base.reverse_scan(torch.ones(4, 0, 3), torch.ones(4, 1, 3)).shape == (4, 0, 3)
+    x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(4))
+    negated = torch._neg_view(x)
+    assert torch.equal(base.suffix_products(negated), base.suffix_products(-x))
+    assert torch.equal(base.reverse_scan(negated, 0.5), base.reverse_scan(-x, 0.5))
+    assert torch.equal(base.reverse_scan(x, 1), base.reverse_scan(x, 1.0))  # an int decay

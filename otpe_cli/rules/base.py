@@ -179,7 +179,7 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
         return fused
     out = torch.empty_like(direct)
     out[-1] = direct[-1]
-    scalar = isinstance(decay, float)
+    scalar = not isinstance(decay, torch.Tensor)
     for k in range(direct.shape[0] - 2, -1, -1):
         if scalar:
             torch.add(direct[k], out[k + 1], alpha=decay, out=out[k])
