@@ -2,7 +2,9 @@
 
 One LIF step (`membrane_step`) serves every algorithm: BPTT runs it with autograd on, the
 online rules run it under ``torch.no_grad()`` and read the surrogate derivative
-``surrogate(v)``.
+``surrogate(v)``. On CPU, without autograd, a block of those steps and their surrogates runs as
+one fused loop (`kernels`), which is used only where it reproduces these two functions to the
+last bit: they stay the definition.
 """
 from __future__ import annotations
 
