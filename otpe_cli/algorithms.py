@@ -161,7 +161,7 @@ class Algorithm:
         need += steps * batch * sizes[0] * itemsize
         if not self.is_bptt:
             for rule, n_in, n_out in zip(self.rule_names(len(sizes) - 1), sizes, sizes[1:]):
-                need += RULES[rule].full_traces * batch * n_out * n_in * itemsize
+                need += len(RULES[rule].trace_attributes) * batch * n_out * n_in * itemsize
         if self.is_bptt or with_reference:
             need += 2 * steps * batch * sum(sizes[1:]) * itemsize
         return need

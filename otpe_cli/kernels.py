@@ -191,12 +191,11 @@ _unusable = None    # why it is not used (then the eager ops are), once known
 
 
 def _eager(current, u, beta, theta, slope):
-    """The eager ops the kernel must match: `snn.membrane_step` and `snn.surrogate`."""
-    from .snn import membrane_step, surrogate
+    """The eager ops the kernel must match: `snn.membrane_steps_` and `snn.surrogate`."""
+    from .snn import membrane_steps_, surrogate
 
-    v, s = current.clone(), torch.empty_like(current)
-    for k in range(len(v)):
-        _, _, u = membrane_step(u, v[k], beta, theta, slope, out=(v[k], s[k]))
+    v = current.clone()
+    s, u = membrane_steps_(v, u, beta, theta, slope)
     return v, s, u, surrogate(v, theta, slope)
 
 

@@ -89,6 +89,15 @@ def membrane_step(u, current, beta: float, threshold: float, slope: float, out=N
     return v, s, torch.sub(v, s, alpha=threshold)
 
 
+def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
+    """`membrane_step` over the K steps of a block without autograd: v is written over
+    ``current`` (K, …); returns the spikes (K, …) and the last u."""
+    s = torch.empty_like(current)
+    for k in range(len(current)):
+        _, _, u = membrane_step(u, current[k], beta, threshold, slope, out=(current[k], s[k]))
+    return s, u
+
+
 def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
     """Truncated LeCun normal: std = sqrt(1/fan_in)/0.8796, cut at ±2·std (SPEC §1)."""
     std = math.sqrt(1.0 / weight.shape[1]) / _TRUNC_STD_CORRECTION
@@ -230,10 +239,7 @@ class SNN(nn.Module):
             if fused is not None:
                 s, psi, u = fused
                 return (current, s, u, psi) if with_surrogate else (current, s, u)
-            s = torch.empty_like(current)
-            for k in range(len(current)):
-                _, _, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope,
-                                        out=(current[k], s[k]))
+            s, u = membrane_steps_(current, u, self.beta, self.threshold, self.slope)
             out = current, s, u
         if with_surrogate:
             out += (surrogate(out[0], self.threshold, self.slope),)

@@ -60,8 +60,9 @@ class TracePool:
 
 
 class LayerRule:
-    #: per-sample N_out × N_in traces the rule keeps (the memory model of SPEC §2)
-    full_traces = 0
+    #: the attributes that hold the rule's per-sample N_out × N_in traces (None until made;
+    #: their number is the memory model of SPEC §2)
+    trace_attributes: tuple[str, ...] = ()
 
     def __init__(self, layer, batch: int, beta: float, threshold: float, bias_trace: bool = False,
                  traces: TracePool | None = None):
@@ -69,14 +70,23 @@ class LayerRule:
         self.beta, self.threshold, self.bias_trace = beta, threshold, bias_trace
         self.n_out, self.n_in = w.shape
         self.batch = batch
-        self._zeros = lambda *shape: torch.zeros(*shape, dtype=w.dtype, device=w.device)
-        self._traces = traces if traces is not None else TracePool()
-        self._trace_shape = (batch, self.n_out, self.n_in)
         self._dtype, self._device = w.dtype, w.device
+        self._traces = traces if traces is not None else TracePool()
+
+    def _zeros(self, *shape) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=self._dtype, device=self._device)
 
     def _new_trace(self) -> torch.Tensor:
         """An uninitialised per-sample trace (B, N_out, N_in), from the pool."""
-        return self._traces.take(self._trace_shape, self._dtype, self._device)
+        return self._traces.take((self.batch, self.n_out, self.n_in), self._dtype, self._device)
+
+    def _give_back_traces(self) -> None:
+        """The rule is done: its traces go back to the pool for the next pass."""
+        for name in self.trace_attributes:
+            trace = getattr(self, name)
+            if trace is not None:
+                self._traces.give_back(trace)
+                setattr(self, name, None)
 
     def update(self, a: torch.Tensor, psi: torch.Tensor) -> None:
         raise NotImplementedError

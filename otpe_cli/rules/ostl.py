@@ -26,7 +26,7 @@ from .base import LayerRule, advance_trace, contract_batch, reverse_scan, suffix
 
 
 class OSTL(LayerRule):
-    full_traces = 1  # ε
+    trace_attributes = ("eligibility",)  # ε
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -49,11 +49,6 @@ class OSTL(LayerRule):
         if final:
             self._give_back_traces()
         return d  # m_t = ψ_t
-
-    def _give_back_traces(self):
-        if self.eligibility is not None:
-            self._traces.give_back(self.eligibility)
-            self.eligibility = None
 
     def _step_eligibility(self):
         """One step: ε ← δ ⊙row ε + 1·aᵀ, ε^b ← δ·ε^b + 1, and the next step's δ."""

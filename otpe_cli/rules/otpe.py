@@ -25,7 +25,7 @@ _RENORMALISE_BELOW = 1e-20  # 1/scale stays far from float32's 3e38 over any seq
 
 
 class OTPE(OSTL):
-    full_traces = 2  # ε and R̃
+    trace_attributes = ("eligibility", "post_synaptic_trace")  # ε and R̃
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -64,12 +64,6 @@ class OTPE(OSTL):
         if final:
             self._give_back_traces()
         return e * self.g_bar.value
-
-    def _give_back_traces(self):
-        super()._give_back_traces()
-        if self.post_synaptic_trace is not None:
-            self._traces.give_back(self.post_synaptic_trace)
-            self.post_synaptic_trace = None
 
     def _block(self, e, grad_w, grad_b, final):
         decays = self._block_decays()
