@@ -158,13 +158,18 @@ class Algorithm:
         15 MB against 33 MiB for BPTT), so a refusal built on it never refuses a run that
         would fit."""
         need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize
-        need += steps * batch * sizes[0] * itemsize
-        if not self.is_bptt:
-            for rule, n_in, n_out in zip(self.rule_names(len(sizes) - 1), sizes, sizes[1:]):
-                need += len(RULES[rule].trace_attributes) * batch * n_out * n_in * itemsize
+        need += steps * batch * sizes[0] * itemsize + self.trace_bytes(sizes, batch, itemsize)
         if self.is_bptt or with_reference:
             need += 2 * steps * batch * sum(sizes[1:]) * itemsize
         return need
+
+    def trace_bytes(self, sizes: list[int], batch: int, itemsize: int) -> int:
+        """Bytes of the per-sample N_out × N_in traces a pass makes (and the pool keeps)."""
+        if self.is_bptt:
+            return 0
+        return sum(len(RULES[rule].trace_attributes) * batch * n_out * n_in * itemsize
+                   for rule, n_in, n_out in zip(self.rule_names(len(sizes) - 1), sizes,
+                                                sizes[1:]))
 
     def reference(self) -> "Algorithm":
         """BPTT of this algorithm's own objective (same logits), for alignment (SPEC §4)."""

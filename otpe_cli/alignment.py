@@ -18,14 +18,15 @@ def _measures(g: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     }
 
 
-def alignment(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
-    """Per-parameter and global measures, keyed ``align/<measure>/<param or global>``."""
+def alignment(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+              prefix: str = "align") -> dict:
+    """Per-parameter and global measures, keyed ``<prefix>/<measure>/<param or global>``."""
     out = {}
     for name, g in grads.items():
         for k, v in _measures(g, reference[name]).items():
-            out[f"align/{k}/{name}"] = v
+            out[f"{prefix}/{k}/{name}"] = v
     flat = torch.cat([g.detach().double().flatten() for g in grads.values()])
     flat_ref = torch.cat([reference[n].detach().double().flatten() for n in grads])
     for k, v in _measures(flat, flat_ref).items():
-        out[f"align/{k}/global"] = v
+        out[f"{prefix}/{k}/global"] = v
     return out

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .data.randman import NORMALISATIONS
 from .snn import DEFAULT_BETA, neuron_problem
 
 
@@ -37,6 +38,8 @@ class RandmanConfig:
     alpha: float = 1.0
     test_samples_per_class: int = 1000
     manifold_seed: int = 42
+    normalisation: str = "per_draw"      # per_draw (the paper's) | fixed (SPEC §6)
+    draw_samples_per_class: int = 1000   # latent points of a per-draw training draw
     adamax_lr: Dict[str, float] = _paper_lr(online=2.5e-4)
 
 
@@ -108,6 +111,7 @@ class TrainerConfig:
     eval_every: int = 100
     log_every: int = 10
     align_every: int = 50
+    align_with: List[str] = field(default_factory=list)  # rules aligned at this run's parameters
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "cpu"
@@ -256,6 +260,7 @@ def validate(cfg) -> None:
         build_algorithm(a.name, a.readout, a.bias_trace)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    _validate_align_with(t, ALGORITHMS)
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
@@ -267,14 +272,45 @@ def validate(cfg) -> None:
                               "or encoding=time (T-Randman).")
         _choice("encoding", cfg.encoding.name, ("rate", "time"))
         for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
-                    "test_samples_per_class"):
+                    "test_samples_per_class", "draw_samples_per_class"):
             _positive(f"dataset.{key}", getattr(d, key))
+        _choice("dataset.normalisation", d.normalisation, NORMALISATIONS)
+        draw = d.num_classes * d.draw_samples_per_class
+        if d.normalisation == "per_draw" and t.batch_size > draw:
+            raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than a per-draw "
+                              f"training draw ({d.num_classes} classes × "
+                              f"dataset.draw_samples_per_class={d.draw_samples_per_class} = "
+                              f"{draw} samples): lower trainer.batch_size or raise "
+                              "dataset.draw_samples_per_class.")
         _positive("dataset.alpha", d.alpha)
         if d.num_classes < 2:
             raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
                               "a classification task needs at least 2 classes.")
     elif d.name in ("shd", "ssc"):
         _validate_heidelberg(cfg)
+
+
+def _validate_align_with(t, algorithms) -> None:
+    """trainer.align_with: online algorithms, each once, measured at alignment steps."""
+    rules = [n for n in algorithms if n != "bptt"]
+    seen = set()
+    for name in t.align_with:
+        if name == "bptt":
+            raise ConfigError("trainer.align_with lists bptt, the reference itself: list the "
+                              f"online algorithms to align with it ({', '.join(rules)}).")
+        if name not in rules:
+            import difflib
+
+            near = difflib.get_close_matches(str(name), rules, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"trainer.align_with lists {name!r}, which is not an online "
+                              f"algorithm{hint}; choose from: {', '.join(rules)}.")
+        if name in seen:
+            raise ConfigError(f"trainer.align_with lists {name} twice.")
+        seen.add(name)
+    if t.align_with and t.align_every == 0:
+        raise ConfigError("trainer.align_with needs alignment steps, but trainer.align_every=0 "
+                          "turns them off: set trainer.align_every=N (e.g. 10).")
 
 
 def _validate_heidelberg(cfg) -> None:

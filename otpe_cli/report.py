@@ -7,8 +7,11 @@ recursively and writes to OUT:
 - ``results.csv``: one row per run that did not fail, its config choices and final (or latest)
   metrics;
 - ``results.md`` (also printed as rich tables): mean ± std over seeds per
-  dataset × algorithm × depth, the paper's layout, and per depth each layer's weight cosine
-  to BPTT;
+  dataset × algorithm × depth, the paper's layout, and per depth each layer's weight cosine to
+  BPTT in two protocols: each algorithm's own gradient at its own parameters along its own
+  training (``align_mean/cos/…``), and, for runs with ``trainer.align_with``, every listed
+  rule's gradient at the trained model's parameters on its batches — with ``algorithm=bptt``,
+  the authors' protocol (``align_mean/<rule>/cos/…``);
 - ``test_acc_vs_iter.png``, ``final_acc_vs_depth.png``, ``alignment_per_layer.png``.
 
 Failed runs (refused at validation, or stopped by an error) hold no results: they are kept out
@@ -54,6 +57,11 @@ CSV_METRICS = ("test/acc", "best/test_acc", "best/test_acc_iter", "val/acc", "be
                "align/cos/global", "align_mean/cos/global", "wall_time_s", "skipped_updates")
 ALIGN_METRIC = "align_mean/cos/global"
 LAYER_ALIGN_METRIC = "align_mean/cos/layers.{}.weight"
+#: the authors' protocol (trainer.align_with): a listed rule's cosine at the trained model's
+#: parameters, on its batches, mean over training
+RULE_ALIGN_METRIC = "align_mean/{}/cos/layers.{}.weight"
+RULE_ALIGN_KEY = re.compile(r"align_mean/([a-z_]+)/cos/layers\.(\d+)\.weight$")
+MEASURES = ("cos", "sign", "norm_ratio")
 SKIP_DIRS = {"wandb", ".submitit", ".hydra", "__pycache__"}
 FIGURES = ("test_acc_vs_iter.png", "final_acc_vs_depth.png", "alignment_per_layer.png")
 #: statuses of a run that has results, but not final ones: in the CSV and the curves, not the means
@@ -160,6 +168,10 @@ def load_run(path: Path) -> Run:
         hydra_choices, hydra_settings = _config_from_hydra(path)
         config = config or hydra_choices
         settings = settings if isinstance(settings, dict) else hydra_settings
+    if (settings and config.get("dataset") in ("randman", "trandman")
+            and "dataset.normalisation" not in settings):
+        # made before the per-draw normalisation existed: the fixed one
+        settings = {**settings, "dataset.normalisation": "fixed"}
     final = {}
     for row in rows:  # the latest value of every metric; a summary has the last word
         final.update({k: v for k, v in row.items() if _scalar(v)})
@@ -413,6 +425,43 @@ def _sections(tables: Tables, metric: str) -> list:
             out.append((dataset, f"mean cosine to BPTT over training ({ALIGN_METRIC})",
                         *table_rows(tables, dataset, ALIGN_METRIC)))
             out += layer_sections(tables, dataset)
+        out += rule_sections(tables, dataset)
+    return out
+
+
+def aligned_rules(runs: list) -> list[str]:
+    """The rules that runs measured at their own parameters (``trainer.align_with``)."""
+    found = {m.group(1) for r in runs for k in r.final
+             for m in [RULE_ALIGN_KEY.match(k)] if m and m.group(1) not in MEASURES}
+    return sorted(found, key=_algorithm_rank)
+
+
+def rule_sections(tables: Tables, dataset) -> list:
+    """The authors' alignment protocol: per depth, each listed rule's weight cosine to BPTT per
+    layer, measured at the trained algorithm's parameters on its batches (``align_with``),
+    rows ``<rule> at <algorithm>``."""
+    out = []
+    labels, depths = tables.layout(dataset)
+    runs = [r for r in tables.usable if r.get("dataset") == dataset and r.status == "finished"]
+    rules = aligned_rules(runs)
+    for depth in depths:
+        if not isinstance(depth, int) or not rules:
+            continue
+        rows = []
+        for label in labels:
+            for rule in rules:
+                metrics = [RULE_ALIGN_METRIC.format(rule, i) for i in range(depth)]
+                cells = [tables.cell(dataset, label, depth, m) for m in metrics]
+                if any(c is not None for c in cells):
+                    rows.append([f"{rule} at {label}",
+                                 *(_fmt_cell(c, m) for c, m in zip(cells, metrics))])
+        if rows:
+            header = ["rule at the trained model", *(f"layer {i + 1}" for i in range(depth - 1)),
+                      f"layer {depth} (output)"]
+            out.append((dataset, f"depth {depth}: weight cosine to BPTT per layer at the trained "
+                                 "model's parameters, every listed rule on its batches (the "
+                                 "authors' protocol, trainer.align_with), mean over training "
+                                 f"({RULE_ALIGN_METRIC.format('<rule>', '<i>')})", header, rows))
     return out
 
 
@@ -433,8 +482,10 @@ def layer_sections(tables: Tables, dataset) -> list:
         if rows:
             header = ["algorithm", *(f"layer {i + 1}" for i in range(depth - 1)),
                       f"layer {depth} (output)"]
-            out.append((dataset, f"depth {depth}: weight cosine to BPTT per layer, mean over "
-                                 f"training ({LAYER_ALIGN_METRIC.format('<i>')})", header, rows))
+            out.append((dataset, f"depth {depth}: weight cosine to BPTT per layer, each "
+                                 "algorithm at its own parameters along its own training, mean "
+                                 f"over training ({LAYER_ALIGN_METRIC.format('<i>')})", header,
+                        rows))
     return out
 
 
@@ -670,7 +721,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "  results.csv    one row per run: config choices and final metrics\n"
                     "  results.md     mean ± std over seeds per dataset × algorithm × depth\n"
                     "                 (also printed), the final test accuracy, the mean\n"
-                    "                 cosine to BPTT, and each layer's weight cosine\n"
+                    "                 cosine to BPTT, and each layer's weight cosine:\n"
+                    "                 along each algorithm's own training, and (runs\n"
+                    "                 with trainer.align_with) every listed rule at\n"
+                    "                 the trained model's parameters (the authors'\n"
+                    "                 protocol with algorithm=bptt)\n"
                     "  *.png          test accuracy over iterations, final accuracy against\n"
                     "                 depth, per-layer cosine to BPTT",
         epilog="examples:\n"

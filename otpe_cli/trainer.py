@@ -175,7 +175,8 @@ class Trainer:
         sizes = [self.data.num_inputs] + [m.width] * (m.depth - 1) + [self.data.num_classes]
         a = cfg.algorithm
         self.algorithm = build_algorithm(a.name, a.readout, a.bias_trace)
-        self.reference = self.algorithm.reference()
+        #: the authors' protocol: more rules' gradients aligned at this run's parameters
+        self.aligned = [build_algorithm(name) for name in t.align_with]
         self._check_memory(sizes)  # before the model: its weights alone may not fit
         init_gen = torch.Generator().manual_seed(t.seed)  # same init for every algorithm
         self.model = SNN(sizes, m.beta, m.threshold, m.slope, generator=init_gen).to(
@@ -233,6 +234,13 @@ class Trainer:
         if algorithm.get("bias_trace") and not uses_bias_trace(algorithm.get("name")):
             # made before bias_trace was refused where it changes nothing: it changed nothing
             saved["algorithm"] = {**algorithm, "bias_trace": False}
+        dataset = dict(saved.get("dataset") or {})
+        if dataset.get("name") in ("randman", "trandman") and "normalisation" not in dataset:
+            # made before the per-draw normalisation existed: the fixed one, where the size
+            # of a training draw changes nothing
+            current = fingerprint(self.cfg)["dataset"]
+            saved["dataset"] = {**dataset, "normalisation": "fixed",
+                                "draw_samples_per_class": current.get("draw_samples_per_class")}
         ckpt.compare_fingerprints(saved, fingerprint(self.cfg), path)
         try:
             iteration = int(state["iteration"])
@@ -294,7 +302,10 @@ class Trainer:
         aligned = t.align_every > 0
 
         def floor(batch: int, steps: int = steps, aligned: bool = aligned) -> int:
-            return self.algorithm.memory_floor(sizes, batch, steps, self.dtype.itemsize, aligned)
+            rules = sum(rule.trace_bytes(sizes, batch, self.dtype.itemsize)
+                        for rule in self.aligned) if aligned else 0
+            return rules + self.algorithm.memory_floor(sizes, batch, steps, self.dtype.itemsize,
+                                                       aligned)
 
         need, free = floor(t.batch_size), available_memory(self.device)
         if free is None or need <= free:
@@ -335,21 +346,37 @@ class Trainer:
     def _as_dict(self, grads) -> dict:
         return dict(zip(self.param_names, grads))
 
+    def _alignment(self, x, y, grads) -> dict:
+        """SPEC §4 at the current parameters on this batch: this run's sequence gradient
+        ``grads`` against BPTT of the same objective (``align/…``), and each rule of
+        ``trainer.align_with`` likewise (``align/<rule>/…``)."""
+        references = {}  # readout → BPTT's gradient (the run's own when it trains BPTT)
+        if self.algorithm.is_bptt:
+            references[self.algorithm.readout] = grads
+
+        def reference(algorithm):
+            if algorithm.readout not in references:
+                references[algorithm.readout] = \
+                    algorithm.reference().gradients(self.model, x, y)[0]
+            return self._as_dict(references[algorithm.readout])
+
+        row = alignment(self._as_dict(grads), reference(self.algorithm))
+        for rule in self.aligned:
+            row.update(alignment(self._as_dict(rule.gradients(self.model, x, y)[0]),
+                                 reference(rule), prefix=f"align/{rule.name}"))
+        return row
+
     def train_step(self, x, y, align: bool) -> dict:
         row = {}
         if self.cfg.trainer["update"] == "offline":
             grads, stats = self.algorithm.gradients(self.model, x, y)
             if align:
-                ref = grads if self.reference == self.algorithm else \
-                    self.reference.gradients(self.model, x, y)[0]
-                row.update(alignment(self._as_dict(grads), self._as_dict(ref)))
+                row.update(self._alignment(x, y, grads))
             if self._check_finite(stats.loss, grads):
                 self._apply(grads)
         else:
             if align:  # on the sequence gradient at the parameters the batch starts with (§4)
-                seq = self.algorithm.gradients(self.model, x, y)[0]
-                ref = self.reference.gradients(self.model, x, y)[0]
-                row.update(alignment(self._as_dict(seq), self._as_dict(ref)))
+                row.update(self._alignment(x, y, self.algorithm.gradients(self.model, x, y)[0]))
 
             def on_step(step_grads):  # one optimizer step per time step: skip / count each
                 if self._check_finite(0.0, step_grads):

@@ -30,6 +30,9 @@ from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
 from otpe_cli.rules.base import TracePool, advance_trace, contract_batch
 
+#: drawing a training batch on the paper's task (per-draw normalisation): at most this share
+#: of OTPE's sequence gradient (issue 17)
+DRAW_TARGET = 1 / 3
 TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
     "ottt": ("ottt", "bptt", 1.3),
     "approx_otpe": ("approx_otpe", "bptt", 1.3),
@@ -37,9 +40,13 @@ TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
 }
 
 
+def make_data(args, encoding="rate", normalisation="per_draw"):
+    return Randman(num_units=args.inputs, num_steps=args.steps, test_samples_per_class=1,
+                   encoding=encoding, normalisation=normalisation)
+
+
 def make_problem(args, device):
-    data = Randman(num_units=args.inputs, num_steps=args.steps, test_samples_per_class=1,
-                   encoding="rate")
+    data = make_data(args)
     gen = torch.Generator().manual_seed(0)
     sizes = [args.inputs] + [args.width] * (args.depth - 1) + [10]
     model = SNN(sizes, generator=torch.Generator().manual_seed(0)).to(device)
@@ -135,6 +142,12 @@ def timing(args, device):
     rule_t = {rule: [] for rule in ("ostl", "otpe") if rule in algs}  # only what is printed
     pools = {rule: TracePool() for rule in rule_t}
     products_t = []
+    sources = {"per_draw, rate (Randman)": data,
+               "per_draw, time (T-Randman)": make_data(args, "time"),
+               "fixed, rate": make_data(args, "rate", "fixed")}
+    for source in sources.values():
+        source.prepare()  # the test set, and the tables of the per-draw draws: made once
+    draw_t = {name: [] for name in sources}
     product_traces = [torch.zeros(args.batch, layer.n_out, layer.n_in, device=device)
                       for layer in model.layers] if "ostl" in algs else None
     for name, alg in algs.items():  # warm-up
@@ -164,11 +177,16 @@ def timing(args, device):
         if product_traces is not None:
             products_t.append(product_work(model, args.batch, args.steps, device,
                                            product_traces))
+        for name, source in sources.items():
+            tic = time.perf_counter()
+            source.train_batch(args.batch, gen)
+            draw_t[name].append(time.perf_counter() - tic)
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     med = lambda v: statistics.median(v)  # noqa: E731
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
             med(floor_t), med(floor2_t) if floor2_t else None,
-            {n: med(v) for n, v in rule_t.items()}, med(products_t) if products_t else None)
+            {n: med(v) for n, v in rule_t.items()}, med(products_t) if products_t else None,
+            {n: med(v) for n, v in draw_t.items()})
 
 
 def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
@@ -232,7 +250,7 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor, floor2, rule_t, products = timing(args, device)
+    grad_t, iter_t, floor, floor2, rule_t, products, draw_t = timing(args, device)
     print(f"fused CPU kernels (otpe_cli.kernels): {kernels.status()}")
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
@@ -265,6 +283,14 @@ def main(argv=None):
         if num in grad_t and den in grad_t:
             print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound}; "
                   f"training iteration: {iter_t[num] / iter_t[den]:.2f})")
+    print(f"\ndrawing a training batch of {args.batch} (on the CPU)")
+    for name, seconds in draw_t.items():
+        share = f"{seconds / grad_t['otpe']:.2f}× OTPE's gradient" if "otpe" in grad_t else ""
+        print(f"  {name:<28}{seconds:>9.4f} s   {share}")
+    if "otpe" in grad_t:
+        worst = max(v for k, v in draw_t.items() if k.startswith("per_draw"))
+        print(f"per-draw batch / OTPE sequence gradient: {worst / grad_t['otpe']:.2f}   "
+              f"(target ≤ {DRAW_TARGET:.2f})")
     memory = {}
     if args.memory_steps:
         print(f"\npeak memory of one sequence gradient above a bare process "
@@ -277,7 +303,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
                        "floor_otpe_s": floor2, "rule_only_s": rule_t,
-                       "ostl_products_s": products,
+                       "ostl_products_s": products, "draw_s": draw_t,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
                        "args": vars(args)}, f, indent=2)
     return 0

@@ -12,6 +12,11 @@ from hydra import compose, initialize_config_module
 
 import otpe_cli.config  # noqa: F401  (registers the structured-config schemas)
 
+# The fused kernels' build cache, fixed before any test points HOME elsewhere (the W&B tests
+# do): otherwise every otpe-train those tests start builds the kernels anew (~25 s each).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                      str(Path.home() / ".cache" / "torch_extensions"))
+
 #: tiny sizes that still train: the real code path, seconds per run
 TINY = ["model.width=16", "trainer.batch_size=32", "dataset.test_samples_per_class=20",
         "trainer.eval_every=10", "trainer.log_every=5", "trainer.align_every=10",

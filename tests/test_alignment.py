@@ -85,3 +85,38 @@ def test_online_alignment_is_taken_at_the_parameters_the_batch_starts_with(make_
     for name, cos in at_start.items():
         assert row[f"align/cos/{name}"] == pytest.approx(cos, rel=1e-9)
     assert any(abs(at_end[n] - at_start[n]) > 1e-6 for n in at_start)  # the test can tell
+
+
+def test_align_with_measures_each_rule_at_the_trained_models_parameters(make_cfg, tmp_path):
+    """The authors' protocol (trainer.align_with): BPTT trains, and at every alignment step each
+    listed rule's sequence gradient on BPTT's batch, at BPTT's parameters, is compared with
+    BPTT's gradient of the rule's own objective (the leaky-trace loss for F-OTPE)."""
+    cfg = make_cfg(["dataset=trandman", "algorithm=bptt", "dataset.num_steps=12",
+                    "trainer.dtype=float64", "trainer.align_with=[ottt,otpe,f_otpe]", *TINY])
+    trainer = Trainer(cfg, tmp_path)
+    for seed in range(3, 13):  # a batch on which no layer is silent (see above)
+        x, y = trainer.data.train_batch(16, torch.Generator().manual_seed(seed))
+        x = x.to(torch.float64)
+        spikes = sequence_gradients("bptt", trainer.model, x, y)
+        if all(float(g.norm()) > 0 for g in spikes.values()):
+            break
+    start = copy.deepcopy(trainer.model)
+    row = trainer.train_step(x, y, align=True)
+    assert not torch.equal(start.layers[0].weight, trainer.model.layers[0].weight)
+    assert row["align/cos/global"] == pytest.approx(1.0)  # BPTT against itself
+    for rule, readout in (("ottt", "spikes"), ("otpe", "spikes"), ("f_otpe", "trace")):
+        g = sequence_gradients(rule, start, x, y)
+        b = sequence_gradients("bptt", start, x, y, readout=readout)
+        for name in g:
+            assert row[f"align/{rule}/cos/{name}"] == pytest.approx(ref.cosine(g[name], b[name]),
+                                                                    rel=1e-9)
+        flat = torch.cat([v.flatten() for v in g.values()])
+        flat_b = torch.cat([b[n].flatten() for n in g])
+        assert row[f"align/{rule}/cos/global"] == pytest.approx(ref.cosine(flat, flat_b),
+                                                                rel=1e-9)
+        assert row[f"align/{rule}/norm_ratio/global"] == pytest.approx(
+            float(flat.norm() / flat_b.norm()), rel=1e-9)
+        assert f"align/{rule}/sign/layers.0.weight" in row
+    assert not any(k.startswith("align/approx_otpe/") for k in row)  # only the listed rules
+    summary = trainer.train()
+    assert "align_mean/otpe/cos/layers.0.weight" in summary

@@ -104,6 +104,33 @@ def test_keys_added_with_plus_are_refused(make_cfg, override, key):
         validate(make_cfg([override]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.normalisation=per_batch"], "dataset.normalisation='per_batch' is not one of: "
+                                          "per_draw, fixed."),
+    (["dataset.draw_samples_per_class=0"], "dataset.draw_samples_per_class=0 is out of range"),
+    (["dataset.draw_samples_per_class=10", "trainer.batch_size=128"],
+     "trainer.batch_size=128 is larger than a per-draw training draw (10 classes × "
+     "dataset.draw_samples_per_class=10 = 100 samples)"),
+    (["trainer.align_with=[otpee]"], "trainer.align_with lists 'otpee', which is not an online "
+                                     "algorithm (did you mean otpe?)"),
+    (["trainer.align_with=[bptt]"], "trainer.align_with lists bptt, the reference itself"),
+    (["trainer.align_with=[ottt,ottt]"], "trainer.align_with lists ottt twice."),
+    (["trainer.align_with=[ottt]", "trainer.align_every=0"],
+     "trainer.align_with needs alignment steps, but trainer.align_every=0 turns them off")])
+def test_randman_normalisation_and_align_with_are_checked(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(make_cfg(overrides))
+
+
+def test_per_draw_is_the_default_and_fixed_a_choice(make_cfg):
+    for dataset in ("randman", "trandman"):
+        cfg = make_cfg([f"dataset={dataset}"])
+        assert cfg.dataset.normalisation == "per_draw"
+        assert cfg.dataset.draw_samples_per_class == 1000
+        validate(make_cfg([f"dataset={dataset}", "dataset.normalisation=fixed",
+                           "trainer.align_with=[ottt,otpe,f_otpe]"]))
+
+
 def test_online_bptt_is_refused(make_cfg):
     with pytest.raises(ConfigError, match="online"):
         validate(make_cfg(["algorithm=bptt", "trainer.update=online"]))

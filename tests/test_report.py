@@ -68,7 +68,7 @@ def test_report_on_a_real_sweep_writes_csv_table_and_figures(sweep, tmp_path):
                   for p in sorted(sweep.glob("*_ottt_d3_*/summary.json"))] for i in range(3)]
     expected = " | ".join(f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f} (2)"
                           for v in layer_cos)
-    depth3 = md[md.index("depth 3: weight cosine to BPTT per layer"):]
+    depth3 = md[md.index("depth 3: weight cosine to BPTT per layer, each algorithm"):]
     assert "| algorithm | layer 1 | layer 2 | layer 3 (output) |" in depth3
     assert f"| ottt | {expected} |" in depth3
     assert "depth 2: weight cosine to BPTT per layer" in md
@@ -367,6 +367,40 @@ def test_runs_that_differ_in_any_setting_get_rows_of_their_own(tmp_path):
     assert not any("share one config" in n for n in written["notes"])
     rows = read_csv(written["csv"])
     assert sorted(r["dataset.num_steps"] for r in rows) == ["10", "20", "50"]
+
+
+def test_runs_from_before_the_per_draw_normalisation_are_the_fixed_ones(tmp_path):
+    """A Randman run whose settings hold no dataset.normalisation was made with the fixed one:
+    it gets a row of its own beside per-draw runs, not their mean."""
+    base = {"model.beta": 0.95, "trainer.seed": 0}
+    _fake_run(tmp_path / "runs" / "old", acc=0.99, extra={"settings": base})
+    _fake_run(tmp_path / "runs" / "new", acc=0.6,
+              extra={"settings": {**base, "dataset.normalisation": "per_draw"}})
+    md = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)["markdown"].read_text()
+    assert "| otpe [dataset.normalisation=fixed] | 99.00 (1) |" in md, md
+    assert "| otpe [dataset.normalisation=per_draw] | 60.00 (1) |" in md
+
+
+def test_the_authors_alignment_protocol_has_a_table_of_its_own(tmp_path):
+    """Runs of algorithm=bptt with trainer.align_with: each listed rule's per-layer weight
+    cosine at BPTT's parameters (align_mean/<rule>/cos/…), mean ± std over seeds, beside the
+    own-trajectory table of the other runs."""
+    cosines = {"ottt": (0.2, 0.4), "otpe": (0.8, 0.9)}
+    for seed in (0, 1):
+        extra = {f"align_mean/{rule}/cos/layers.{i}.weight": v + 0.1 * seed
+                 for rule, (a, b) in cosines.items() for i, v in enumerate((a, b, 1.0))}
+        extra.update({f"align_mean/{rule}/sign/layers.0.weight": 0.5 for rule in cosines})
+        _fake_run(tmp_path / "runs" / f"bptt{seed}", algorithm="bptt", seed=seed, extra=extra)
+        _fake_run(tmp_path / "runs" / f"otpe{seed}", seed=seed,
+                  extra={f"align_mean/cos/layers.{i}.weight": 0.7 for i in range(3)})
+    md = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)["markdown"].read_text()
+    authors = md[md.index("the authors' protocol"):]
+    assert "| rule at the trained model | layer 1 | layer 2 | layer 3 (output) |" in authors
+    assert ("| ottt at bptt | 0.250 ± 0.071 (2) | 0.450 ± 0.071 (2) | 1.050 ± 0.071 (2) |"
+            in authors), authors
+    assert authors.index("| ottt at bptt |") < authors.index("| otpe at bptt |")
+    own = md[md.index("each algorithm at its own parameters"):md.index("the authors' protocol")]
+    assert "| otpe | 0.700 ± 0.000 (2) |" in own
 
 
 def test_accuracy_metrics_are_in_percent_and_a_misspelt_metric_is_refused(tmp_path, capsys):

@@ -403,6 +403,27 @@ def test_a_checkpoint_with_a_bias_trace_that_changed_nothing_resumes(make_cfg, t
     assert run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)["iter"] == 44
 
 
+def test_a_checkpoint_of_one_normalisation_is_refused_under_the_other(make_cfg, tmp_path,
+                                                                    baseline):
+    """The baseline is per_draw (the default): fixed is refused naming the key. A checkpoint
+    made before the key existed (the fixed normalisation) resumes under fixed only."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    with pytest.raises(CheckpointError, match=r"dataset\.normalisation is 'per_draw' in the "
+                                              r"checkpoint but 'fixed' now"):
+        run(make_cfg([*ARGS, "dataset.normalisation=fixed", "trainer.iterations=44"]), run_dir)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    for key in ("normalisation", "draw_samples_per_class"):
+        del state["fingerprint"]["dataset"][key]
+    torch.save(state, run_dir / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"dataset\.normalisation is 'fixed' in the "
+                                              r"checkpoint but 'per_draw' now"):
+        run(make_cfg([*ARGS, "trainer.iterations=44"]), run_dir)
+    summary = run(make_cfg([*ARGS, "dataset.normalisation=fixed", "trainer.iterations=44"]),
+                  run_dir)
+    assert summary["iter"] == 44
+
+
 def test_training_a_finished_run_further(make_cfg, tmp_path, baseline):
     """Raising trainer.iterations continues a finished run from its checkpoint."""
     run_dir = tmp_path / "run"

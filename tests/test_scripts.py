@@ -32,11 +32,15 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     assert all(t > 0 for t in figures["iteration_s"].values())
     assert figures["floor_s"] > 0 and sorted(figures["rule_only_s"]) == ["ostl", "otpe"]
     assert figures["floor_otpe_s"] > 0 and figures["ostl_products_s"] > 0
+    assert sorted(figures["draw_s"]) == ["fixed, rate", "per_draw, rate (Randman)",
+                                         "per_draw, time (T-Randman)"]
+    assert all(t > 0 for t in figures["draw_s"].values())
     assert sorted(figures["memory_mib"]) == ["bptt", "ostl"]
     assert all(len(v) == 2 for v in figures["memory_mib"].values())
     for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
                  "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory",
-                 "only the matrix products of an OSTL pass", "fused CPU kernels"):
+                 "only the matrix products of an OSTL pass", "fused CPU kernels",
+                 "per-draw batch / OTPE sequence gradient:"):
         assert line in out, line
 
 
@@ -50,6 +54,13 @@ def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
     assert sorted(figures["rule_only_s"]) == ["otpe"]  # the OSTL rule was not timed
     assert figures["ostl_products_s"] is None
     assert "OSTL / floor" not in out and "otpe / ostl" not in out and "peak memory" not in out
+
+
+def test_randman_probe_prints_a_row_per_data_set_and_normalisation(tmp_path):
+    out = run_script("randman_probe.py", "--pool", "1", "2", "--encodings", "time",
+                     "--normalisations", "per_draw", cwd=tmp_path)
+    row = next(line.split() for line in out.splitlines() if line.startswith("T-Randman"))
+    assert row[1] == "per_draw" and all(0.1 < float(v) <= 1 for v in row[2:4])
 
 
 def test_bias_trace_script_prints_both_settings_for_both_rules(tmp_path):

@@ -15,7 +15,9 @@ def build_dataset(dataset_cfg, encoding: str) -> SpikeDataset:
             num_classes=dataset_cfg.num_classes, num_units=dataset_cfg.num_units,
             num_steps=dataset_cfg.num_steps, dim_manifold=dataset_cfg.dim_manifold,
             alpha=dataset_cfg.alpha, test_samples_per_class=dataset_cfg.test_samples_per_class,
-            manifold_seed=dataset_cfg.manifold_seed, encoding=encoding)
+            manifold_seed=dataset_cfg.manifold_seed, encoding=encoding,
+            normalisation=dataset_cfg.normalisation,
+            draw_samples_per_class=dataset_cfg.draw_samples_per_class)
     if name in ("shd", "ssc"):
         from .shd import HeidelbergSpikes  # h5py / tonic only when a Heidelberg set is chosen
 
