@@ -10,11 +10,11 @@ from typing import Callable
 
 import torch
 
-from .rules import COMPOSITES, RULES
-from .rules.base import FactorisedRule, TracePool, leaky_sum
-from .snn import SNN, READOUTS, SequenceStats, StepCrossEntropy, block_steps
-
-ALGORITHMS = ("bptt",) + tuple(COMPOSITES)
+from .rules import RULES
+from .compute import leaky_sum
+from .rules.base import TracePool
+from .snn import SNN, SequenceStats, StepCrossEntropy, block_steps
+from .spec import ALGORITHMS, COMPOSITES, algorithm_problem, readout_of
 
 
 def _zeros_like_params(model: SNN) -> list[torch.Tensor]:
@@ -153,10 +153,9 @@ class Algorithm:
         """Bytes one training iteration must hold at once, at the least: the parameters and
         their gradients, the input batch, the rules' per-sample N_out × N_in traces and, for
         BPTT (or alignment to it), the membrane and spike of every unit at every step, kept
-        for the backward pass. A lower bound (at batch 128, T 50, 50-128-128-10: 26 MB against
-        50 MiB measured for OTPE, whose offline blocks also hold 25 steps of activations;
-        15 MB against 33 MiB for BPTT), so a refusal built on it never refuses a run that
-        would fit."""
+        for the backward pass. A lower bound (the offline blocks also hold their steps'
+        activations, and the allocator its slack), so a refusal built on it never refuses a
+        run that would fit."""
         need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize
         need += steps * batch * sizes[0] * itemsize + self.trace_bytes(sizes, batch, itemsize)
         if self.is_bptt or with_reference:
@@ -176,28 +175,11 @@ class Algorithm:
         return Algorithm("bptt", self.readout)
 
 
-def uses_bias_trace(name: str) -> bool:
-    """Whether ``algorithm.bias_trace`` changes anything in algorithm ``name``: it has an OTTT
-    or A-OTPE rule (a FactorisedRule) at some layer."""
-    return any(issubclass(RULES[rule], FactorisedRule) for rule in COMPOSITES.get(name, ())[:2])
-
-
 def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = False) -> Algorithm:
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
-    if readout is None:
-        readout = "spikes" if name == "bptt" else COMPOSITES[name][2]
-    if readout not in READOUTS:
-        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
-    if name != "bptt" and readout != COMPOSITES[name][2]:
-        raise ValueError(f"algorithm {name!r} is defined with {COMPOSITES[name][2]!r} logits, "
-                         f"not {readout!r} (SPEC §2)")
-    if bias_trace and not uses_bias_trace(name):
-        with_it = ", ".join(n for n in COMPOSITES if uses_bias_trace(n))
-        raise ValueError(f"algorithm.bias_trace=true changes only the OTTT and A-OTPE rules' "
-                         f"bias gradients, and {name} uses neither (so it would change "
-                         f"nothing); it applies to {with_it}.")
-    return Algorithm(name, readout, bool(bias_trace))
+    problem = algorithm_problem(name, readout, bias_trace)
+    if problem:
+        raise ValueError(problem)
+    return Algorithm(name, readout or readout_of(name), bool(bias_trace))
 
 
 def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,9 @@
-"""Run checkpoints: written atomically, loaded with ``weights_only=True`` (no pickled code).
+"""Run checkpoints: what a run's state is, written atomically, loaded with
+``weights_only=True`` (no pickled code), and restored.
 
-A checkpoint is one dict of tensors and plain values (numbers, strings, lists, dicts, None).
+A checkpoint is one dict of tensors and plain values (numbers, strings, lists, dicts, None):
+`trainer_state` makes it, `restore` puts it back into a Trainer after checking that it belongs
+to the same experiment (its fingerprint, `identity`).
 ``save_atomic`` writes it beside the target, fsyncs it and renames it over the target, so a
 crash or a kill mid-write leaves the previous good checkpoint in place. A checkpoint that cannot
 be read is never replaced or deleted: the run stops with one sentence naming the file.
@@ -16,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .logs import write_failure
+from .errors import CheckpointError
+from .identity import describe_differences, fingerprint, upgrade_fingerprint
+from .logs import CHECKPOINT_NAME, write_failure
 
-CHECKPOINT_NAME = "checkpoint.pt"
 #: the keys every checkpoint of this version holds (checked before anything is restored)
 REQUIRED_KEYS = ("fingerprint", "iteration", "model", "optimizer", "batch_gen", "torch_rng",
                  "numpy_rng")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable or belongs to a different run configuration."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -140,28 +142,6 @@ def set_python_rng_state(state: dict) -> None:
                      state["gauss"]))
 
 
-def _flatten(value, prefix: str, out: dict) -> dict:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    else:
-        out[prefix] = value
-    return out
-
-
-def describe_differences(saved, current: dict, where: str) -> str:
-    """Every key (dotted) whose value differs between two nested dicts, in one phrase:
-    ``model.width is 16 in the checkpoint but 32 now; …`` (``where`` names the saved side)."""
-    old = _flatten(saved if isinstance(saved, dict) else {}, "", {})
-    new = _flatten(current, "", {})
-    missing = object()
-    show = lambda v: "absent" if v is missing else repr(v)  # noqa: E731
-    diffs = [f"{key} is {show(old.get(key, missing))} {where} but {show(new.get(key, missing))} now"
-             for key in sorted(set(old) | set(new))
-             if key not in old or key not in new or old[key] != new[key]]
-    return "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-
-
 def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
     """Refuse a checkpoint made with a different model, algorithm, optimizer or data config,
     naming every key that differs (``model.width is 16 in the checkpoint but 32 now``)."""
@@ -171,3 +151,56 @@ def compare_fingerprints(saved: dict, current: dict, path: Path) -> None:
             f"checkpoint {path} was made with a different configuration ({shown}), so it is "
             "kept as it is: resume with the checkpoint's settings, or give this config its own "
             "run directory with hydra.run.dir=DIR.")
+
+
+def trainer_state(trainer) -> dict:
+    """Everything a run needs to continue exactly: parameters, optimizer, iteration, every
+    random generator, the best-so-far and window sums, the alignment sums and the W&B run id."""
+    return {
+        "fingerprint": fingerprint(trainer.cfg),
+        "iteration": trainer.iteration,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "batch_gen": trainer.batch_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else [],
+        "numpy_rng": numpy_rng_state(),
+        "python_rng": python_rng_state(),
+        "best": trainer.best, "window": trainer.window, "align_sums": trainer.align_sums,
+        "align_count": trainer.align_count, "skipped": trainer.skipped,
+        "elapsed": trainer.wall_time(),
+        "wandb_run_id": trainer.wandb_run_id,
+    }
+
+
+def restore(trainer, path: Path) -> None:
+    """Load ``path`` into ``trainer``, or refuse it with one sentence (the file is never
+    changed here)."""
+    state = load(path)
+    current = fingerprint(trainer.cfg)
+    compare_fingerprints(upgrade_fingerprint(state["fingerprint"], current), current, path)
+    try:
+        iteration = int(state["iteration"])
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.batch_gen.set_state(state["batch_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        set_numpy_rng_state(state["numpy_rng"])
+        if "python_rng" in state:
+            set_python_rng_state(state["python_rng"])
+        best, window = dict(state.get("best", {})), dict(state.get("window", {}))
+        align_sums = dict(state.get("align_sums", {}))
+        align_count, skipped = int(state.get("align_count", 0)), int(state.get("skipped", 0))
+        elapsed = float(state.get("elapsed", 0.0))
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({detail}); it is kept "
+                              "as it is — use another run directory (hydra.run.dir=DIR) for "
+                              "this config.") from None
+    trainer.iteration = trainer.checkpoint_iteration = iteration
+    trainer.best, trainer.window = best, window
+    trainer.align_sums, trainer.align_count = align_sums, align_count
+    trainer.skipped, trainer.elapsed = skipped, elapsed
+    trainer.wandb_run_id = state.get("wandb_run_id")

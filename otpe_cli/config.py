@@ -1,125 +1,154 @@
-"""Config schemas (structured configs in Hydra's ConfigStore) and value checks.
+"""Config schemas, composition and value checks, without torch.
 
-The YAML files under ``conf/`` pick a choice per group; these dataclasses give every group its
-types, so a wrong type or an unknown key fails before any work with the key named. Range checks
-that types cannot express live in `validate`, which answers with a sentence.
+The YAML files under ``conf/`` hold every value; the dataclasses here hold only the types, so
+that each default is written once. Choices are Enums: a wrong choice, a wrong type or an
+unknown key fails when the config is composed. `compose` composes ``conf/`` as the CLI does and
+turns every such refusal into `ConfigError`, one sentence naming the key, the bad value and
+what it takes (with a did-you-mean where one is close); `validate` then refuses what types
+cannot express (ranges, combinations). Importing this module registers the schemas (and the
+``otpe_pid`` resolver that ``conf/config.yaml`` uses) with Hydra.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .data.randman import NORMALISATIONS
-from .snn import DEFAULT_BETA, neuron_problem
+from .errors import ConfigError
+from .spec import (ALGORITHMS, DATASETS, ENCODINGS, NORMALISATIONS, RANDMAN_DATASETS, READOUTS,
+                   algorithm_problem, neuron_problem)
 
 
-class ConfigError(ValueError):
-    """A config value is out of range or inconsistent; the message names the key."""
+class Choice(str, Enum):
+    """A config choice: compares equal to its string and prints as it."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def _paper_lr(online: float):
-    """The paper's Adamax learning rate on a data set, per update mode (SPEC §3); the adamax
-    optimizer's ``lr`` reads it as ``${dataset.adamax_lr.${trainer.update}}``."""
-    return field(default_factory=lambda: {"offline": 1e-3, "online": online})
+def _choices(name: str, values) -> type[Choice]:
+    return Choice(name, [(v, v) for v in values])
+
+
+DatasetName = _choices("DatasetName", DATASETS)
+Encoding = _choices("Encoding", [c for codes in ENCODINGS.values() for c in codes])
+Normalisation = _choices("Normalisation", NORMALISATIONS)
+Binning = _choices("Binning", ("stretch", "fixed"))
+AlgorithmName = _choices("AlgorithmName", ALGORITHMS)
+OnlineAlgorithm = _choices("OnlineAlgorithm", [a for a in ALGORITHMS if a != "bptt"])
+Readout = _choices("Readout", READOUTS)
+OptimizerName = _choices("OptimizerName", ("adamax", "adam", "sgd"))
+LoggerName = _choices("LoggerName", ("none", "wandb"))
+WandbMode = _choices("WandbMode", ("online", "offline", "disabled"))
+Device = _choices("Device", ("cpu", "cuda", "auto"))
+Dtype = _choices("Dtype", ("float32", "float64"))
+Update = _choices("Update", ("offline", "online"))
+OnNan = _choices("OnNan", ("stop", "skip"))
+Progress = _choices("Progress", ("auto", "bar", "lines", "none"))
 
 
 @dataclass
 class RandmanConfig:
-    name: str = "randman"
-    num_classes: int = 10
-    num_units: int = 50
-    num_steps: int = 50
-    dim_manifold: int = 3
-    alpha: float = 1.0
-    test_samples_per_class: int = 1000
-    manifold_seed: int = 42
-    normalisation: str = "per_draw"      # per_draw (the paper's) | fixed (SPEC §6)
-    draw_samples_per_class: int = 1000   # latent points of a per-draw training draw
-    adamax_lr: Dict[str, float] = _paper_lr(online=2.5e-4)
+    """Randman and T-Randman (conf/dataset/randman.yaml, trandman.yaml)."""
+    name: DatasetName = MISSING
+    encoding: Encoding = MISSING              # the data set's own code (encoding=default)
+    num_classes: int = MISSING
+    num_units: int = MISSING
+    num_steps: int = MISSING
+    dim_manifold: int = MISSING
+    alpha: float = MISSING
+    test_samples_per_class: int = MISSING
+    manifold_seed: int = MISSING
+    normalisation: Normalisation = MISSING
+    draw_samples_per_class: int = MISSING
+    adamax_lr: Dict[str, float] = MISSING
 
 
 @dataclass
 class SHDConfig:
-    """SHD and SSC (the Heidelberg spiking data sets) share this schema; see conf/dataset/."""
-    name: str = "shd"                    # shd | ssc
-    root: Optional[str] = None           # None: $OTPE_DATA, else ~/.cache/otpe-cli/data
-    num_classes: int = 20
-    num_channels: int = 700
-    binning: str = "stretch"             # stretch: num_steps bins per sample; fixed: dt grid
-    num_steps: int = 50                  # bins for ``stretch``
-    dt: float = 0.01                     # seconds per bin for ``fixed`` (whole microseconds)
-    t_max: float = 1.0                   # seconds covered by ``fixed`` (t_max / dt bins)
-    pool: int = 1                        # channel pooling factor (700 → 700/pool)
-    val_fraction: float = 0.1            # first fraction of the training file held out (SHD)
-    cache: bool = True
-    cache_dir: Optional[str] = None      # None: <root>/cache
-    download: bool = True                # let tonic download when files are absent
-    download_timeout: float = 15.0       # socket timeout (s) around any download attempt
-    adamax_lr: Dict[str, float] = _paper_lr(online=1e-4)
+    """SHD and SSC (conf/dataset/shd.yaml, ssc.yaml)."""
+    name: DatasetName = MISSING
+    encoding: Encoding = MISSING
+    root: Optional[str] = MISSING
+    num_classes: int = MISSING
+    num_channels: int = MISSING
+    binning: Binning = MISSING
+    num_steps: int = MISSING
+    dt: float = MISSING
+    t_max: float = MISSING
+    pool: int = MISSING
+    val_fraction: float = MISSING
+    cache: bool = MISSING
+    cache_dir: Optional[str] = MISSING
+    download: bool = MISSING
+    download_timeout: float = MISSING
+    adamax_lr: Dict[str, float] = MISSING
 
 
 @dataclass
 class EncodingConfig:
-    name: str = "rate"
+    name: Encoding = MISSING
 
 
 @dataclass
 class ModelConfig:
-    depth: int = 3
-    width: int = 128
-    beta: float = DEFAULT_BETA
-    threshold: float = 1.0
-    slope: float = 25.0
+    depth: int = MISSING
+    width: int = MISSING
+    beta: float = MISSING
+    threshold: float = MISSING
+    slope: float = MISSING
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "otpe"
-    readout: Optional[str] = None         # None: the composite's own logits (SPEC §2)
-    bias_trace: bool = False              # give OTTT / A-OTPE bias gradients a temporal factor
+    name: AlgorithmName = MISSING
+    readout: Optional[Readout] = MISSING
+    bias_trace: bool = MISSING
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamax"
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    name: OptimizerName = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    betas: Optional[List[float]] = None      # adam, adamax
+    momentum: Optional[float] = None         # sgd
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
-    project: str = "otpe-cli"
+    name: LoggerName = MISSING
+    project: Optional[str] = None            # W&B only (conf/logger/wandb.yaml)
     entity: Optional[str] = None
     group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    tags: Optional[List[str]] = None
     run_name: Optional[str] = None
-    mode: str = "offline"
+    mode: Optional[WandbMode] = None
 
 
 @dataclass
 class TrainerConfig:
-    iterations: int = 300
-    batch_size: int = 128
-    eval_every: int = 100
-    log_every: int = 10
-    align_every: int = 50
-    align_with: List[str] = field(default_factory=list)  # rules aligned at this run's parameters
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    update: str = "offline"
-    eval_batch_size: int = 2000
-    on_nan: str = "stop"
-    progress: str = "auto"               # auto: a live bar in a terminal, plain lines otherwise
+    iterations: int = MISSING
+    batch_size: int = MISSING
+    eval_every: int = MISSING
+    log_every: int = MISSING
+    align_every: int = MISSING
+    align_with: List[OnlineAlgorithm] = MISSING
+    checkpoint_every: int = MISSING
+    seed: int = MISSING
+    device: Device = MISSING
+    dtype: Dtype = MISSING
+    update: Update = MISSING
+    eval_batch_size: int = MISSING
+    on_nan: OnNan = MISSING
+    progress: Progress = MISSING
 
 
 @dataclass
@@ -133,34 +162,6 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    # stored outside any group, so that `otpe-train --help` lists only choosable groups
-    cs.store(name="randman_schema", node=RandmanConfig)
-    cs.store(name="shd_schema", node=SHDConfig)
-
-
-def _choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}.")
-
-
-def _positive(key: str, value, allow_zero: bool = False, at_most: float = math.inf) -> None:
-    """A finite number above zero (or zero too), and not above ``at_most``; NaN and inf fail
-    every comparison here."""
-    if not (0 <= value < math.inf and value <= at_most) or (value == 0 and not allow_zero):
-        bound = "a finite number of zero or more" if allow_zero else \
-            "a finite number greater than zero"
-        if at_most < math.inf:
-            bound += f" and at most {at_most:g}"
-        raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
-
-
-#: optimizer.lr and weight_decay above this are typos (1e39 overflows float32 in the optimizer)
-_MAX_STEP_FACTOR = 1e6
-
-
 #: the schema of every config section (``dataset``: one per family of data sets)
 SECTIONS = {"model": (ModelConfig,), "algorithm": (AlgorithmConfig,),
             "optimizer": (OptimizerConfig,), "logger": (LoggerConfig,),
@@ -168,20 +169,121 @@ SECTIONS = {"model": (ModelConfig,), "algorithm": (AlgorithmConfig,),
             "dataset": (RandmanConfig, SHDConfig)}
 
 
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    # stored outside any group, so that `otpe-train --help` lists only choosable groups
+    cs.store(name="randman_schema", node=RandmanConfig)
+    cs.store(name="shd_schema", node=SHDConfig)
+    # Hydra writes a job's config files to .hydra/pending/<pid> first (conf/config.yaml): a
+    # second otpe-train refused on a directory in use must not overwrite the first one's there
+    OmegaConf.register_new_resolver("otpe_pid", os.getpid, replace=True)
+
+
+# ============================================================================ composing
+CONFIG_MODULE = "otpe_cli.conf"
+
+
+def group_options(group: str) -> list[str]:
+    """The choices of a config group of ``conf/`` (``algorithm`` → bptt, ottt, …)."""
+    from importlib.resources import files
+
+    try:
+        folder = files(CONFIG_MODULE).joinpath(*group.split("/"))
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (OSError, ModuleNotFoundError):
+        return []
+
+
+def config_groups() -> set[str]:
+    """What ``name=value`` may choose at the top level: the config groups and the sections."""
+    from importlib.resources import files
+
+    try:
+        groups = {p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir()}
+    except (OSError, ModuleNotFoundError):
+        groups = set()
+    return (groups | set(SECTIONS)) - {"hydra", "__pycache__"}
+
+
+def _near(value, options) -> str:
+    near = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def compose(overrides=(), config_name: str = "config"):
+    """``conf/`` composed with ``overrides`` as ``otpe-train`` composes it (without Hydra's own
+    settings); any refusal of the composition is a `ConfigError` in one sentence."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    was = GlobalHydra.instance().is_initialized()
+    try:
+        if was:  # (a caller's own Hydra context, e.g. inside a job: composed apart from it)
+            GlobalHydra.instance().clear()
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as exc:  # noqa: BLE001 -- Hydra's and OmegaConf's many exception types
+        raise ConfigError(composition_message(exc, overrides)) from None
+
+
+def composition_message(exc: Exception, overrides) -> str:
+    """Hydra's or OmegaConf's refusal of a composition, as our sentence."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(str(cause)) > 0 and "full_key" not in text:
+        text += "\n" + str(cause)
+        cause = cause.__cause__ or cause.__context__
+    missing = re.search(r"Could not (?:find|load) '([\w/]+)/([^']+)'", text)
+    if missing:
+        group, value = missing.groups()
+        options = group_options(group)
+        if group in ("experiment", "debug"):
+            what = f"{group}={value} names no preset; the {group} presets are"
+        else:
+            what = f"{group}={value} is not one of the choices of {group}:"
+        return f"{what} {', '.join(options)}{_near(value, options)}."
+    key = re.search(r"full_key: (\S+)", text)
+    key = key.group(1) if key else None
+    enum = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
+    if enum and key:
+        value, options = enum.group(1), [o.strip() for o in enum.group(2).split(",")]
+        if re.sub(r"\[\d+\]$", "", key) == "trainer.align_with":
+            if value == "bptt":
+                return ("trainer.align_with lists bptt, the reference itself: list the online "
+                        f"algorithms to align with it ({', '.join(options)}).")
+            return (f"trainer.align_with lists {value!r}, which is not an online algorithm"
+                    f"{_near(value, options)}; choose from: {', '.join(options)}.")
+        return f"{key}={value!r} is not one of: {', '.join(options)}{_near(value, options)}."
+    typed = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)"
+                      r"|Value '([^']*)' is not a valid (bool)", text)
+    if typed and key:
+        kinds = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false",
+                 "bool": "true or false", "String": "a string"}
+        typed = [g for g in typed.groups() if g is not None]
+        kind = kinds.get(typed[1], typed[1].lower())
+        return f"{key}={typed[0]} is of the wrong type: {key} takes {kind}."
+    unknown = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", text)
+    if unknown and key:
+        section = key.rpartition(".")[0]
+        known = section_keys(section) if section in SECTIONS else set()
+        return unknown_key_message(key, known)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"the config cannot be composed with {' '.join(overrides) or 'no overrides'}: {first}"
+
+
+# ============================================================================ value checks
 def section_keys(section: str, dataset: str | None = None) -> set[str]:
     """The keys a section's schema knows (``dataset``: of that data set, else of any)."""
-    from dataclasses import fields
-
     schemas = SECTIONS[section]
     if section == "dataset" and dataset is not None:
-        schemas = (RandmanConfig,) if dataset in ("randman", "trandman") else (SHDConfig,)
+        schemas = (RandmanConfig,) if dataset in RANDMAN_DATASETS else (SHDConfig,)
     return {f.name for schema in schemas for f in fields(schema)}
 
 
 def unknown_key_message(key: str, known: set[str], kind: str = "key") -> str:
     """``unknown config key K`` (or ``section``), with the closest known one when one is near."""
-    import difflib
-
     section, _, name = key.rpartition(".")
     near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     hint = f"did you mean {section + '.' if section else ''}{near[0]}? " if near else ""
@@ -192,7 +294,7 @@ def unknown_key_message(key: str, known: set[str], kind: str = "key") -> str:
 def _no_added_keys(cfg) -> None:
     """``+group.key=value`` gets past Hydra's struct mode: refuse keys no schema knows."""
     for name in SECTIONS:
-        known = section_keys(name, cfg.dataset.name)
+        known = section_keys(name, str(cfg.dataset.name))
         extra = sorted(set(cfg[name].keys()) - known)
         if extra:
             raise ConfigError(unknown_key_message(f"{name}.{extra[0]}", known))
@@ -213,98 +315,78 @@ def ignored_logger_keys(cfg, overrides: list[str]) -> list[str]:
             if f"logger.{key}" in given]
 
 
+def _positive(key: str, value, allow_zero: bool = False, at_most: float = math.inf) -> None:
+    """A finite number above zero (or zero too), and not above ``at_most``; NaN and inf fail
+    every comparison here."""
+    if not (0 <= value < math.inf and value <= at_most) or (value == 0 and not allow_zero):
+        bound = "a finite number of zero or more" if allow_zero else \
+            "a finite number greater than zero"
+        if at_most < math.inf:
+            bound += f" and at most {at_most:g}"
+        raise ConfigError(f"{key}={value} is out of range: it must be {bound}.")
+
+
+#: optimizer.lr and weight_decay above this are typos (1e39 overflows float32 in the optimizer)
+_MAX_STEP_FACTOR = 1e6
+
+
 def validate(cfg) -> None:
     """Refuse out-of-range or inconsistent values with one sentence naming the key."""
-    from .algorithms import ALGORITHMS, build_algorithm
-    from .data import DATASETS
-
-    _choice("dataset.name", cfg.dataset.name, DATASETS)
     _no_added_keys(cfg)
-
     m, t, o, a, d = cfg.model, cfg.trainer, cfg.optimizer, cfg.algorithm, cfg.dataset
-    _choice("trainer.update", t["update"], ("offline", "online"))  # optimizer.lr may read it
     _positive("model.depth", m.depth)
     _positive("model.width", m.width)
     problem = neuron_problem(m.beta, m.threshold, m.slope, prefix="model.")
     if problem:
         raise ConfigError(f"{problem}.")
-    _choice("algorithm.name", a.name, ALGORITHMS)
-    if a.readout is not None:
-        _choice("algorithm.readout", a.readout, ("spikes", "trace"))
-    _choice("optimizer.name", o.name, ("adamax", "adam", "sgd"))
     _positive("optimizer.lr", o.lr, at_most=_MAX_STEP_FACTOR)
     _positive("optimizer.weight_decay", o.weight_decay, allow_zero=True, at_most=_MAX_STEP_FACTOR)
-    if o.name in ("adamax", "adam") and (len(o.betas) != 2 or
-                                          not all(0 <= b < 1 for b in o.betas)):
-        raise ConfigError(f"optimizer.betas={list(o.betas)} is out of range: it must be two "
-                          "numbers in [0, 1), e.g. [0.9, 0.999].")
+    if o.name in ("adamax", "adam"):
+        betas = list(o.betas or [])
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"optimizer.betas={betas} is out of range: it must be two "
+                              "numbers in [0, 1), e.g. [0.9, 0.999].")
     if o.name == "sgd":
-        _positive("optimizer.momentum", o.momentum, allow_zero=True)
+        _positive("optimizer.momentum", o.momentum if o.momentum is not None else -1,
+                  allow_zero=True)
     _positive("trainer.iterations", t.iterations)
     _positive("trainer.batch_size", t.batch_size)
     _positive("trainer.eval_batch_size", t.eval_batch_size)
     for key in ("eval_every", "log_every", "align_every", "checkpoint_every"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
-    _choice("trainer.device", t.device, ("cpu", "cuda", "auto"))
-    _choice("trainer.dtype", t.dtype, ("float32", "float64"))
-    _choice("trainer.on_nan", t.on_nan, ("stop", "skip"))
-    _choice("trainer.progress", t.progress, ("auto", "bar", "lines", "none"))
-    _choice("logger.name", cfg.logger.name, ("none", "wandb"))
-    modes = ("online", "offline", "disabled")
-    if (cfg.logger.mode not in modes and OmegaConf.is_interpolation(cfg.logger, "mode")
-            and os.environ.get("WANDB_MODE") == cfg.logger.mode):
-        raise ConfigError(f"WANDB_MODE={cfg.logger.mode!r} in the environment (logger.mode "
-                          f"reads it) is not one of: {', '.join(modes)}.")
-    _choice("logger.mode", cfg.logger.mode, modes)
-    try:  # readout and bias_trace against the algorithm (SPEC §2)
-        build_algorithm(a.name, a.readout, a.bias_trace)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    _validate_align_with(t, ALGORITHMS)
+    if cfg.logger.name == "wandb":
+        _wandb_mode(cfg)
+    problem = algorithm_problem(str(a.name), None if a.readout is None else str(a.readout),
+                                a.bias_trace)
+    if problem:
+        raise ConfigError(problem)
+    _validate_align_with(t)
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
-    if d.name in ("randman", "trandman"):
-        if cfg.encoding.name in ("counts", "binary"):
-            raise ConfigError(f"encoding={cfg.encoding.name} is a code for the spike data sets "
-                              f"(SHD, SSC) and does not apply to dataset={d.name}, which is "
-                              "made of analog values: use encoding=rate (Randman, the default) "
-                              "or encoding=time (T-Randman).")
-        _choice("encoding", cfg.encoding.name, ("rate", "time"))
-        for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
-                    "test_samples_per_class", "draw_samples_per_class"):
-            _positive(f"dataset.{key}", getattr(d, key))
-        _choice("dataset.normalisation", d.normalisation, NORMALISATIONS)
-        draw = d.num_classes * d.draw_samples_per_class
-        if d.normalisation == "per_draw" and t.batch_size > draw:
-            raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than a per-draw "
-                              f"training draw ({d.num_classes} classes × "
-                              f"dataset.draw_samples_per_class={d.draw_samples_per_class} = "
-                              f"{draw} samples): lower trainer.batch_size or raise "
-                              "dataset.draw_samples_per_class.")
-        _positive("dataset.alpha", d.alpha)
-        if d.num_classes < 2:
-            raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
-                              "a classification task needs at least 2 classes.")
-    elif d.name in ("shd", "ssc"):
+    if d.name in RANDMAN_DATASETS:
+        _validate_randman(cfg)
+    else:
         _validate_heidelberg(cfg)
 
 
-def _validate_align_with(t, algorithms) -> None:
-    """trainer.align_with: online algorithms, each once, measured at alignment steps."""
-    rules = [n for n in algorithms if n != "bptt"]
+def _wandb_mode(cfg) -> None:
+    """logger.mode reads WANDB_MODE: a bad value there is the environment's, said so."""
+    try:
+        cfg.logger.mode
+    except Exception:  # noqa: BLE001 -- OmegaConf's validation of the resolved value
+        modes = ", ".join(str(m) for m in WandbMode)
+        if OmegaConf.is_interpolation(cfg.logger, "mode") and "WANDB_MODE" in os.environ:
+            raise ConfigError(f"WANDB_MODE={os.environ['WANDB_MODE']!r} in the environment "
+                              f"(logger.mode reads it) is not one of: {modes}.") from None
+        raise ConfigError(f"logger.mode is not one of: {modes}.") from None
+
+
+def _validate_align_with(t) -> None:
+    """trainer.align_with: online algorithms (the schema's type), each once, at alignment
+    steps."""
     seen = set()
     for name in t.align_with:
-        if name == "bptt":
-            raise ConfigError("trainer.align_with lists bptt, the reference itself: list the "
-                              f"online algorithms to align with it ({', '.join(rules)}).")
-        if name not in rules:
-            import difflib
-
-            near = difflib.get_close_matches(str(name), rules, n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ConfigError(f"trainer.align_with lists {name!r}, which is not an online "
-                              f"algorithm{hint}; choose from: {', '.join(rules)}.")
         if name in seen:
             raise ConfigError(f"trainer.align_with lists {name} twice.")
         seen.add(name)
@@ -313,21 +395,50 @@ def _validate_align_with(t, algorithms) -> None:
                           "turns them off: set trainer.align_every=N (e.g. 10).")
 
 
-def _validate_heidelberg(cfg) -> None:
-    """SHD / SSC: encoding, binning, pooling and the validation split."""
-    d, enc = cfg.dataset, cfg.encoding.name
-    if enc in ("rate", "time"):
+def _encoding_applies(cfg, family: str) -> None:
+    enc, d = str(cfg.encoding.name), cfg.dataset
+    if enc not in ENCODINGS[family]:
+        if family == "randman":
+            raise ConfigError(f"encoding={enc} is a code for the spike data sets (SHD, SSC) and "
+                              f"does not apply to dataset={d.name}, which is made of analog "
+                              "values: use encoding=rate (Randman, the default) or "
+                              "encoding=time (T-Randman).")
         raise ConfigError(f"encoding={enc} is a Randman code and does not apply to "
                           f"dataset={d.name}, which is already spikes: use encoding=counts (raw "
                           "spike counts per bin, the paper's input) or encoding=binary.")
-    _choice("encoding", enc, ("counts", "binary"))
-    _choice("dataset.binning", d.binning, ("stretch", "fixed"))
-    _positive("dataset.num_channels", d.num_channels)
-    _positive("dataset.pool", d.pool)
-    _positive("dataset.download_timeout", d.download_timeout)
+
+
+def _at_least_two_classes(d) -> None:
     if d.num_classes < 2:
         raise ConfigError(f"dataset.num_classes={d.num_classes} is out of range: "
                           "a classification task needs at least 2 classes.")
+
+
+def _validate_randman(cfg) -> None:
+    d, t = cfg.dataset, cfg.trainer
+    _encoding_applies(cfg, "randman")
+    for key in ("num_classes", "num_units", "num_steps", "dim_manifold",
+                "test_samples_per_class", "draw_samples_per_class"):
+        _positive(f"dataset.{key}", getattr(d, key))
+    _positive("dataset.alpha", d.alpha)
+    _at_least_two_classes(d)
+    draw = d.num_classes * d.draw_samples_per_class
+    if d.normalisation == "per_draw" and t.batch_size > draw:
+        raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than a per-draw "
+                          f"training draw ({d.num_classes} classes × "
+                          f"dataset.draw_samples_per_class={d.draw_samples_per_class} = "
+                          f"{draw} samples): lower trainer.batch_size or raise "
+                          "dataset.draw_samples_per_class.")
+
+
+def _validate_heidelberg(cfg) -> None:
+    """SHD / SSC: encoding, binning, pooling and the validation split."""
+    d = cfg.dataset
+    _encoding_applies(cfg, "shd")
+    _positive("dataset.num_channels", d.num_channels)
+    _positive("dataset.pool", d.pool)
+    _positive("dataset.download_timeout", d.download_timeout)
+    _at_least_two_classes(d)
     if d.num_channels % d.pool:
         divisors = [k for k in range(2, d.num_channels) if d.num_channels % k == 0][:6]
         raise ConfigError(f"dataset.pool={d.pool} does not divide dataset.num_channels="

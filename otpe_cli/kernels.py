@@ -1,33 +1,49 @@
-"""One fused CPU kernel for the membrane steps of a block without autograd, built on first use.
+"""Fused CPU kernels for the blocks of the passes without autograd, built on first use.
 
-Without autograd (the online rules' pass, and evaluation) a layer's K steps in a block were a
-loop of small element-wise ops per step (`snn.membrane_step`), then the surrogate ψ over the
-block: on 2 CPU cores their dispatch, not their arithmetic, cost ~2 ms per 128 × 128 block.
-``lif_block`` does the same arithmetic in one vectorised pass (~0.08 ms), in C++ built by
-``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~25 s, then
-cached under ``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``; it needs a C++
-compiler and ninja).
+Without autograd (the online rules' pass, and evaluation) a layer's K steps in a block are a
+loop of small element-wise ops per step (`ops.membrane_step`), then the surrogate ψ over the
+block; the rules' leaky sums, reverse scans and suffix products are loops of small ops too. On
+2 CPU cores their dispatch, not their arithmetic, is what costs. Each has a C++ loop here,
+built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~25 s
+once, then cached; it needs a C++ compiler and ninja).
 
-The membranes must equal those of BPTT's forward, which runs the eager ops with autograd, to
-the last bit (a rounding on the other side of θ changes a spike; see `snn.BLOCK_STEPS`). The
-kernel rounds each operation as the eager op does: I + β·u as one fused multiply-add, as ATen's
-``add(alpha=β)`` does on CPUs with FMA (the kernel uses the FMA instruction on CPUs with AVX2
-and FMA, chosen at run time, and the C library's exact ``fma`` elsewhere); the surrogate's
-steps one by one, never contracted. When it is loaded it is checked against the eager ops on
-random blocks in float32 and float64; if a single bit differs, or it cannot be built, the eager
-ops are used and the reason is logged once (``status()``). ``OTPE_CLI_FUSED=0`` turns it off.
-One difference is left, below any value that matters: where an eager op has more than 32 768
-elements, torch splits it across threads, and `torch.set_flush_denormal` (which the online pass
-turns on) holds only in the calling thread, so the eager ops flush some subnormals (< 1.2e-38
-in float32) to zero and keep others, where the kernels, in one thread, flush them all. Such a
-value cannot move a membrane across θ; a helper's review found no gradient that changed.
+The membranes must equal those of BPTT's forward, which runs the plain ops with autograd, to
+the last bit (a rounding on the other side of θ changes a spike; see `snn.BLOCK_STEPS`). Each
+loop rounds every operation as its torch op does: I + β·u as one fused multiply-add, as ATen's
+``add(alpha=β)`` does on CPUs with FMA (the FMA instruction on CPUs with AVX2 and FMA, chosen
+at run time, the C library's exact ``fma`` elsewhere), nothing else contracted. When loaded,
+the kernels are checked against `ops` on random blocks in float32 and float64; if a single bit
+differs, or they cannot be built, `ops` is used and the reason is logged once (``status()``).
+``OTPE_CLI_FUSED=0`` turns them off. One difference is left, below any value that matters:
+where an op has more than 32 768 elements, torch splits it across threads, and
+`torch.set_flush_denormal` holds only in the calling thread, so the plain ops flush some
+subnormals (< 1.2e-38 in float32) to zero and keep others, where the kernels, in one thread,
+flush them all. Such a value cannot move a membrane across θ.
+
+The build:
+- Its cache (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``) holds one build per
+  environment: the extension's name carries a digest of the source, the flags, torch's
+  version and ABI, Python's version and torch's include path, so two virtual environments or
+  torch versions on one home keep a build each.
+- One process builds at a time, under an flock beside the build directory (released by the
+  system however the process ends): a ``lock`` file of torch's that a killed build left there
+  is then stale and is removed. A process that finds another building waits, says so once,
+  is stopped by the stop signals as any start-up is, and after ``OTPE_CLI_KERNEL_WAIT``
+  seconds (default 300) runs the plain ops.
+- The first build says so in one line.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
+import time
+from pathlib import Path
 
 import torch
+
+from . import ops
 
 log = logging.getLogger(__name__)
 
@@ -182,27 +198,44 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
   return {spikes, psi};
 }
 """
-#: -ffp-contract=off: no multiply-add the eager ops do not make; -fno-trapping-math lets the
+
+#: -ffp-contract=off: no multiply-add the plain ops do not make; -fno-trapping-math lets the
 #: comparison vectorise (it changes no result)
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
+_FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products"]
+#: seconds to wait for another process's build before running the plain ops
+DEFAULT_WAIT_S = 300.0
 
 _module = None      # the built extension, once loaded and checked
-_unusable = None    # why it is not used (then the eager ops are), once known
+_unusable = None    # why it is not used (then the plain ops are), once known
 
 
-def _eager(current, u, beta, theta, slope):
-    """The eager ops the kernel must match: `snn.membrane_steps_` and `snn.surrogate`."""
-    from .snn import membrane_steps_, surrogate
+def extension_name() -> str:
+    """The build's name: ``otpe_cli_fused_<digest>`` of what makes a build differ."""
+    from torch.utils.cpp_extension import include_paths
 
+    key = "\n".join([_SOURCE, " ".join(_FLAGS), torch.__version__,
+                     str(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", "")),
+                     f"{sys.version_info.major}.{sys.version_info.minor}",
+                     *include_paths()])
+    return f"otpe_cli_fused_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def build_directory(name: str) -> Path:
+    """Where torch keeps the build of ``name`` (made if absent, as torch itself makes it)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def _eager_membrane(current, u, beta, theta, slope):
     v = current.clone()
-    s, u = membrane_steps_(v, u, beta, theta, slope)
-    return v, s, u, surrogate(v, theta, slope)
+    s, u = ops.membrane_steps_(v, u, beta, theta, slope)
+    return v, s, u, ops.surrogate(v, theta, slope)
 
 
 def _check(module) -> str | None:
-    """None if every kernel reproduces its eager ops bit for bit here, else what differed."""
-    from .rules import base
-
+    """None if every kernel reproduces its plain ops bit for bit here, else what differed."""
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         for shape in ((25, 16, 40), (7, 3, 5)):  # (vector bodies and scalar tails)
@@ -210,27 +243,95 @@ def _check(module) -> str | None:
             current, u = rand(*shape) * 0.7 + 0.3, torch.full(shape[1:], 0.5, dtype=dtype)
             v, u_k = current.clone(), u.clone()
             got = (v, *module.lif_block(v, u_k, 0.95, 1.0, 25.0), u_k)
-            want = _eager(current, u.clone(), 0.95, 1.0, 25.0)
+            want = _eager_membrane(current, u.clone(), 0.95, 1.0, 25.0)
             pairs = list(zip(("membrane v", "spikes", "ψ", "u"),
                              (want[0], want[1], want[3], want[2]), got))
             direct, decays, state = rand(*shape), rand(*shape), rand(*shape[1:])
             stacked = rand(shape[0], 2, *shape[1:])
             kept = state.clone()
             pairs += [
-                ("leaky sum", base.leaky_sum(state.clone(), direct, 0.95),
+                ("leaky sum", ops.leaky_sum(state.clone(), direct, 0.95),
                  module.leaky_sum(kept, direct, 0.95)),
-                ("reverse scan", base.reverse_scan(direct, decays),
+                ("reverse scan", ops.reverse_scan(direct, decays),
                  module.reverse_scan(direct, decays, 0.0, 1)),
-                ("stacked reverse scan", base.reverse_scan(stacked, decays.unsqueeze(1)),
+                ("stacked reverse scan", ops.reverse_scan(stacked, decays.unsqueeze(1)),
                  module.reverse_scan(stacked, decays, 0.0, 2)),
-                ("scalar reverse scan", base.reverse_scan(direct, 0.95),
+                ("scalar reverse scan", ops.reverse_scan(direct, 0.95),
                  module.reverse_scan(direct, None, 0.95, 1)),
-                ("suffix products", base.suffix_products(decays), module.suffix_products(decays))]
+                ("suffix products", ops.suffix_products(decays), module.suffix_products(decays))]
             for name, a, b in pairs:
                 if not torch.equal(a, b):
-                    return (f"its {name} differs from the eager ops' in {int((a != b).sum())} "
+                    return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
                             f"of {a.numel()} values ({dtype})")
     return None
+
+
+class _BuildLock:
+    """An flock beside the build directory, held while this process builds or loads."""
+
+    def __init__(self, build_dir: Path):
+        self.path = build_dir.with_name(build_dir.name + ".otpe.lock")
+        self.handle = None
+
+    def try_acquire(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _build(name: str, build_dir: Path):
+    """Build (or load the cached build of) the extension, one process at a time."""
+    from torch.utils.cpp_extension import load_inline
+
+    lock = _BuildLock(build_dir)
+    wait = float(os.environ.get("OTPE_CLI_KERNEL_WAIT", DEFAULT_WAIT_S))
+    deadline, said = time.monotonic() + wait, False
+    while not lock.try_acquire():
+        if not said:
+            log.warning("waiting for the build of the fused CPU kernels by another process "
+                        "(pid %s), at most %.0f s (OTPE_CLI_KERNEL_WAIT)", lock.holder(), wait)
+            said = True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another process (pid {lock.holder()}) was still building them "
+                               f"after {wait:.0f} s")
+        time.sleep(0.2)  # (a stop signal during start-up ends the wait)
+    try:
+        stale = build_dir / "lock"  # torch's, left by a build that was killed: no one holds it
+        if stale.exists():
+            log.warning("removing the lock %s that an interrupted build left", stale)
+            stale.unlink(missing_ok=True)
+        built = any(build_dir.glob(f"{name}*.so"))
+        if not built:
+            log.info("building the fused CPU kernels, once per environment (~25 s; cached in "
+                     "%s)", build_dir.parent)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        return load_inline(name, cpp_sources=_SOURCE, extra_cflags=_FLAGS, functions=_FUNCTIONS,
+                           build_directory=str(build_dir))
+    finally:
+        lock.release()
 
 
 def _load() -> None:
@@ -238,25 +339,28 @@ def _load() -> None:
     if os.environ.get("OTPE_CLI_FUSED", "1") == "0":
         _unusable = "OTPE_CLI_FUSED=0"
         return
-    _unusable = "being checked"  # (the check runs the eager ops of rules.base)
     try:
-        from torch.utils.cpp_extension import load_inline
-
-        module = load_inline("otpe_cli_fused_v3", cpp_sources=_SOURCE, extra_cflags=_FLAGS,
-                             functions=["lif_block", "leaky_sum", "reverse_scan",
-                                        "suffix_products"])
+        name = extension_name()
+        module = _build(name, build_directory(name))
         why = _check(module)
-    except Exception as exc:  # no compiler, no ninja, a read-only cache, …
+    except Exception as exc:  # no compiler, no ninja, a read-only cache, a build too long…
         why = f"it could not be built ({type(exc).__name__}: {str(exc)[:300]})"
-    except BaseException:  # (Ctrl-C during the build: try again next time)
+    except BaseException:  # (Ctrl-C or a stop signal during the build: try again next time)
         _unusable = None
         raise
     if why is None:
         _module, _unusable = module, None
     else:
         _unusable = why
-        log.warning("the fused CPU kernels are not used: %s; running the eager ops (slower "
-                    "on CPU)", why)
+        log.warning("the fused CPU kernels are not used: %s; running the eager ops "
+                    "(slower on CPU)", why)
+
+
+def load() -> str:
+    """Build or load the kernels now, if this process has not yet; returns `status()`."""
+    if _module is None and _unusable is None:
+        _load()
+    return status()
 
 
 def _ready(*tensors: torch.Tensor) -> bool:
@@ -269,20 +373,19 @@ def _ready(*tensors: torch.Tensor) -> bool:
         return False
     if t.dtype not in (torch.float32, torch.float64):
         return False
-    if _module is None and _unusable is None:
-        _load()
+    load()
     return _module is not None
 
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
-    """`rules.base.leaky_sum` fused (state left at the last step), or None: run the eager."""
+    """`ops.leaky_sum` fused (state left at the last step), or None: run the plain op."""
     if state.shape != inputs.shape[1:] or not _ready(state, inputs):
         return None
     return _module.leaky_sum(state, inputs, decay)
 
 
 def reverse_scan(direct: torch.Tensor, decay):
-    """`rules.base.reverse_scan` fused, or None: run the eager. A tensor decay has direct's
+    """`ops.reverse_scan` fused, or None: run the plain op. A tensor decay has direct's
     shape, or 1 in direct's dimension 1 (shared by its rows)."""
     if not isinstance(decay, torch.Tensor):
         return _module.reverse_scan(direct, None, float(decay), 1) if _ready(direct) else None
@@ -297,7 +400,7 @@ def reverse_scan(direct: torch.Tensor, decay):
 
 
 def suffix_products(decays: torch.Tensor):
-    """`rules.base.suffix_products` fused, or None: run the eager."""
+    """`ops.suffix_products` fused, or None: run the plain op."""
     return _module.suffix_products(decays) if _ready(decays) else None
 
 
@@ -306,7 +409,7 @@ def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
     """K membrane steps of one layer and their surrogates, fused: ``current`` (K, B, N), the
     block's input currents, is overwritten with v; returns (spikes, ψ, the last u), spikes and
     ψ (K, B, N). None where the kernels are not used (a GPU tensor, another dtype, a tensor
-    that needs a graph, or no usable kernel): then the caller runs the eager ops."""
+    that needs a graph, or no usable kernel): then the caller runs the plain ops."""
     if u.shape != current.shape[1:] or not _ready(current, u.contiguous()):
         return None
     u = u.contiguous().clone()  # the kernel writes the last u into it
@@ -315,5 +418,5 @@ def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
 
 
 def status() -> str:
-    """'used', 'not loaded yet', or why the eager ops are used."""
+    """'used', 'not loaded yet', or why the plain ops are used."""
     return "used" if _module is not None else (_unusable or "not loaded yet")

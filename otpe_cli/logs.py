@@ -14,12 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .errors import OutputError
+
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
-
-
-class OutputError(RuntimeError):
-    """A run file that cannot be written (a full disk, a quota, a vanished folder)."""
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def write_failure(path: Path, exc: Exception) -> str:
@@ -43,6 +42,18 @@ def writing(path: Path):
         raise OutputError(f"{path} cannot be written ({write_failure(path, exc)}); the last "
                           "checkpoint, if any, is kept: free some space and run the same "
                           "command again to resume.") from None
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Make the run directory, or say in one sentence why it cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"the run directory {run_dir} cannot be written "
+                              f"({exc.strerror}); choose another with hydra.run.dir=DIR.")
 
 
 def _clean(value):

@@ -1,10 +1,8 @@
 """The LIF neuron and the feed-forward spiking network (SPEC §1).
 
-One LIF step (`membrane_step`) serves every algorithm: BPTT runs it with autograd on, the
+One LIF step (`ops.membrane_step`) serves every algorithm: BPTT runs it with autograd on, the
 online rules run it under ``torch.no_grad()`` and read the surrogate derivative
-``surrogate(v)``. On CPU, without autograd, a block of those steps and their surrogates runs as
-one fused loop (`kernels`), which is used only where it reproduces these two functions to the
-last bit: they stay the definition.
+``ops.surrogate(v)`` (on CPU a block of them as one fused loop, `compute`).
 """
 from __future__ import annotations
 
@@ -17,14 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from .compute import membrane_block
+from .ops import membrane_step, surrogate
+from .spec import DEFAULT_BETA, neuron_problem
 
-#: β = sigmoid(3), the released code's effective leak (SPEC §1).
-DEFAULT_BETA = 1.0 / (1.0 + math.exp(-3.0))
 #: Truncated-normal correction so that the truncated LeCun normal has variance 1/fan_in.
 _TRUNC_STD_CORRECTION = 0.87962566103423978
-
-READOUTS = ("spikes", "trace")
 
 #: The network is feed-forward, so a layer's steps t..t+K−1 need only the layer below's same
 #: steps: both passes over a sequence (BPTT's forward and the online rules' offline pass) run
@@ -39,63 +35,6 @@ def block_steps(steps: int) -> int:
     ``BLOCK_STEPS`` steps as will do, all of one length but the last (50 → 25 + 25)."""
     blocks = -(-steps // BLOCK_STEPS)
     return -(-steps // blocks)
-
-
-def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
-    """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
-    return (v - threshold).abs_().mul_(slope).add_(1.0).reciprocal_().square_()
-
-
-def heaviside(v: torch.Tensor, threshold: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """H(v − θ) in v's dtype, H(0) = 1. Written straight into a float tensor (``out``, or a new
-    one): on CPU, a bool comparison followed by a cast costs ~10× more, and this runs every
-    layer and step."""
-    return torch.ge(v, threshold, out=torch.empty_like(v) if out is None else out)
-
-
-class _Spike(torch.autograd.Function):
-    """Heaviside spike H(v − θ) with H(0) = 1, differentiated through the surrogate ψ."""
-
-    @staticmethod
-    def forward(ctx, v, threshold: float, slope: float):
-        ctx.save_for_backward(v)
-        ctx.threshold, ctx.slope = threshold, slope
-        return heaviside(v, threshold)
-
-    @staticmethod
-    def backward(ctx, grad_s):
-        (v,) = ctx.saved_tensors
-        return grad_s * surrogate(v, ctx.threshold, ctx.slope), None, None
-
-
-def spike(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
-    if torch.is_grad_enabled() and v.requires_grad:
-        return _Spike.apply(v, threshold, slope)
-    return heaviside(v, threshold)
-
-
-def membrane_step(u, current, beta: float, threshold: float, slope: float, out=None):
-    """One LIF step of one layer given its input current I_t = W a_t + b (SPEC §1).
-
-    v_t = β·u_{t−1} + I_t;  s_t = H(v_t − θ);  u_t = v_t − θ·s_t  (reset differentiated).
-    Returns (v_t, s_t, u_t). ``out``, a pair of tensors, receives v_t and s_t (no autograd).
-    """
-    if out is None:
-        v = torch.add(current, u, alpha=beta)
-        s = spike(v, threshold, slope)
-    else:
-        v = torch.add(current, u, alpha=beta, out=out[0])
-        s = heaviside(v, threshold, out=out[1])
-    return v, s, torch.sub(v, s, alpha=threshold)
-
-
-def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
-    """`membrane_step` over the K steps of a block without autograd: v is written over
-    ``current`` (K, …); returns the spikes (K, …) and the last u."""
-    s = torch.empty_like(current)
-    for k in range(len(current)):
-        _, _, u = membrane_step(u, current[k], beta, threshold, slope, out=(current[k], s[k]))
-    return s, u
 
 
 def lecun_truncated_normal_(weight: torch.Tensor, generator: torch.Generator | None = None):
@@ -164,17 +103,6 @@ class StepCrossEntropy:
         return -float((self._logp_sum * self.onehot).sum()) / (self.batch * self.steps)
 
 
-def neuron_problem(beta, threshold: float, slope: float, prefix: str = "") -> str | None:
-    """What is out of range in the LIF constants (SPEC §1), or None; ``prefix`` names them as
-    the config does (``model.``)."""
-    if not 0.0 <= beta < 1.0:
-        return f"{prefix}beta={beta} is out of range: the leak must lie in [0, 1)"
-    for name, value in (("threshold", threshold), ("slope", slope)):
-        if not 0.0 < value < math.inf:
-            return f"{prefix}{name}={value} must be a finite number greater than zero"
-    return None
-
-
 def _is_size(n) -> bool:
     """An integer ≥ 1 (Python's, NumPy's or a 0-d integer tensor's), not a bool."""
     try:
@@ -223,8 +151,8 @@ class SNN(nn.Module):
         """K steps of one layer on its inputs a (K, B, N_in): the input currents of all K steps
         in one matrix product, then `membrane_step` at each step. Returns v and s as
         (K, B, N_out) and the last u, and ψ = surrogate(v) too if ``with_surrogate``.
-        Without autograd, v is written over the currents, and on CPU the steps and ψ are one
-        fused kernel where it reproduces these ops to the last bit (`kernels`)."""
+        Without autograd, v is written over the currents (`compute.membrane_block`: on CPU,
+        one fused kernel where it reproduces `ops` to the last bit)."""
         current = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t())
         current = current.view(*a.shape[:2], -1)
         if torch.is_grad_enabled():
@@ -234,16 +162,12 @@ class SNN(nn.Module):
                 vs.append(v)
                 ss.append(s)
             out = torch.stack(vs), torch.stack(ss), u
-        else:
-            fused = kernels.lif_block(current, u, self.beta, self.threshold, self.slope)
-            if fused is not None:
-                s, psi, u = fused
-                return (current, s, u, psi) if with_surrogate else (current, s, u)
-            s, u = membrane_steps_(current, u, self.beta, self.threshold, self.slope)
-            out = current, s, u
-        if with_surrogate:
-            out += (surrogate(out[0], self.threshold, self.slope),)
-        return out
+            if with_surrogate:
+                out += (surrogate(out[0], self.threshold, self.slope),)
+            return out
+        s, u, psi = membrane_block(current, u, self.beta, self.threshold, self.slope,
+                                   with_surrogate)
+        return (current, s, u, psi) if with_surrogate else (current, s, u)
 
     def forward(self, x: torch.Tensor, readout: str = "spikes"):
         """Unroll over x (T, B, N_in), in blocks of `block_steps` steps layer by layer.

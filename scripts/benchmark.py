@@ -28,7 +28,8 @@ from otpe_cli.algorithms import _flushing_denormals
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
-from otpe_cli.rules.base import TracePool, advance_trace, contract_batch
+from otpe_cli.ops import advance_trace, contract_batch
+from otpe_cli.rules.base import TracePool
 
 #: drawing a training batch on the paper's task (per-draw normalisation): at most this share
 #: of OTPE's sequence gradient (issue 17)

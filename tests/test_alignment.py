@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reference as ref
-from conftest import TINY
+from helpers import TINY
 from otpe_cli import alignment, sequence_gradients
 from otpe_cli.trainer import Trainer
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY
+from helpers import TINY
 from otpe_cli import trainer as trainer_module
 from otpe_cli.cli import run
 from otpe_cli.logs import read_metrics

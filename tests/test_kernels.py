@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from otpe_cli import SNN, build_algorithm, kernels
-from otpe_cli.rules import base
-from otpe_cli.snn import membrane_step, surrogate
+from otpe_cli import compute as base
+from otpe_cli.ops import membrane_step, surrogate
 
 ALGORITHMS = ["bptt", "ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe"]
 

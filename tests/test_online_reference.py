@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import reference as ref
-from test_rules import assert_active, build_active_model, make_x, make_y, model_params
+from helpers import assert_active, build_active_model, make_x, make_y, model_params
 
 BETA = ref.BETA_DEFAULT
 THETA, SLOPE = 1.0, 25.0

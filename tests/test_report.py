@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import run_cli
+from helpers import run_cli
 from otpe_cli.report import CHOICES, FIGURES, main, make_report
 
 TINY_SWEEP = ["debug=quick", "trainer.iterations=2", "trainer.eval_every=1",
@@ -436,7 +436,7 @@ def test_a_run_with_an_undefined_mean_cosine_is_named_in_the_notes(tmp_path):
 def test_figures_plot_accuracies_in_percent_and_keep_many_variants_apart(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from otpe_cli.report import _colors
+    from otpe_cli.report.figures import _colors
 
     for seed in (0, 1):
         _fake_run(tmp_path / "runs" / f"s{seed}", acc=0.5, rows=_curve_rows(4), seed=seed)
@@ -474,8 +474,8 @@ def test_a_run_stopped_during_start_up_is_listed(tmp_path):
 def test_settings_name_the_algorithm_s_own_readout():
     """readout left null means the algorithm's own logits: the same experiment as naming
     them, so the report must not split such runs."""
-    from conftest import compose_cfg
-    from otpe_cli.trainer import settings
+    from helpers import compose_cfg
+    from otpe_cli.identity import settings
 
     assert settings(compose_cfg([])) == settings(compose_cfg(["algorithm.readout=spikes"]))
     assert settings(compose_cfg(["algorithm=f_otpe"]))["algorithm.readout"] == "trace"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, run_cli, strip_time
+from helpers import TINY, compose_cfg, run_cli, strip_time
 from otpe_cli import checkpoint as ckpt
 from otpe_cli.checkpoint import CheckpointError
 from otpe_cli.cli import run
@@ -275,7 +275,7 @@ def test_checkpoint_keeps_the_wandb_run_id(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "RunLogger", Logger)
     over = ["dataset=randman", "trainer.iterations=3", "dataset.num_steps=10", *TINY]
     trainer = trainer_mod.Trainer(make_cfg(over), tmp_path)
-    trainer._signal = signal.SIGTERM  # as if it had arrived during the first iteration
+    trainer.stop.signum = signal.SIGTERM  # as if it had arrived during the first iteration
     with pytest.raises(trainer_mod.Interrupted):
         trainer.train()
     state = ckpt.load(tmp_path / "checkpoint.pt")

@@ -23,8 +23,9 @@ import pytest
 import torch
 
 import reference as ref
+from helpers import (BETA, _prod, assert_active, build_active_model, make_x, make_y,
+                     model_params, param_names, spike_fractions)
 
-BETA = ref.BETA_DEFAULT
 RULES = ("ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe")
 RTOL, ATOL = 1e-9, 1e-12
 
@@ -32,81 +33,6 @@ RTOL, ATOL = 1e-9, 1e-12
 # =============================================================================================
 # helpers
 # =============================================================================================
-def _prod():
-    """Import the production API (an ImportError fails the test, it does not skip it)."""
-    from otpe_cli import SNN, sequence_gradients
-
-    return SNN, sequence_gradients
-
-
-def make_x(T, B, n_in, kind, seed, p=0.35):
-    g = torch.Generator().manual_seed(seed)
-    if kind == "spikes":
-        return (torch.rand(T, B, n_in, generator=g, dtype=torch.float64) < p).double()
-    if kind == "counts":  # integer event counts 0..3, many zeros
-        counts = torch.randint(0, 4, (T, B, n_in), generator=g).double()
-        keep = (torch.rand(T, B, n_in, generator=g, dtype=torch.float64) < 0.5).double()
-        return counts * keep
-    raise ValueError(kind)
-
-
-def make_y(B, C, seed):
-    g = torch.Generator().manual_seed(10_000 + seed)
-    return torch.randint(0, C, (B,), generator=g, dtype=torch.int64)
-
-
-def param_names(n_layers):
-    return [f"layers.{i}.{k}" for i in range(n_layers) for k in ("weight", "bias")]
-
-
-def model_params(model, n_layers):
-    """[(W, b)] per layer from the production model, by the names of the contract."""
-    named = dict(model.named_parameters())
-    missing = [n for n in param_names(n_layers) if n not in named]
-    assert not missing, f"model lacks parameters {missing}; has {sorted(named)}"
-    return [(named[f"layers.{i}.weight"], named[f"layers.{i}.bias"]) for i in range(n_layers)]
-
-
-def spike_fractions(params, x, beta, theta, slope):
-    fw = ref.ref_forward(params, x, beta, theta, slope)
-    fracs = [float(s.mean()) for s in fw["s"]]
-    margin = min(float(np.min(np.abs(v - theta))) for v in fw["v"])
-    return fracs, margin
-
-
-def build_active_model(sizes, x, *, beta=BETA, theta=1.0, slope=25.0, seed0=0,
-                       scales=(2.0, 2.5, 3.0), bias_scale=0.05, lo=0.05, hi=0.95,
-                       margin_min=1e-6):
-    """A float64 production model whose every layer spikes at some but not all positions.
-
-    Parameters come from the production initialiser (seeded), the weights scaled up and the
-    biases set to small random values so that bias gradients are exercised.  The first
-    (seed, scale) meeting the activity condition is returned, so the choice is deterministic.
-    """
-    SNN, _ = _prod()
-    L = len(sizes) - 1
-    for seed in range(seed0, seed0 + 300):
-        torch.manual_seed(seed)
-        base = SNN(list(sizes), beta=beta, threshold=theta, slope=slope).double()
-        orig = {n: p.detach().clone() for n, p in base.named_parameters()}
-        g = torch.Generator().manual_seed(seed)
-        for scale in scales:
-            with torch.no_grad():
-                for (W, b), i in zip(model_params(base, L), range(L)):
-                    W.copy_(orig[f"layers.{i}.weight"] * scale)
-                    b.copy_(bias_scale * torch.randn(b.shape, generator=g, dtype=torch.float64))
-            fracs, margin = spike_fractions(model_params(base, L), x, beta, theta, slope)
-            if all(lo <= f <= hi for f in fracs) and margin > margin_min:
-                return base
-    raise AssertionError(f"no active network found for sizes {sizes}")
-
-
-def assert_active(model, x, n_layers, beta=BETA, theta=1.0, slope=25.0):
-    fracs, _ = spike_fractions(model_params(model, n_layers), x, beta, theta, slope)
-    for l, f in enumerate(fracs):
-        assert 0.0 < f < 1.0, f"layer {l} spike fraction {f}: test would be vacuous"
-
-
 def as_list(grads: dict, n_layers):
     missing = [n for n in param_names(n_layers) if n not in grads]
     assert not missing, f"sequence_gradients result lacks {missing}; has {sorted(grads)}"
@@ -754,8 +680,8 @@ def test_block_helpers_against_plain_loops():
     """reverse_scan, suffix_products, advance_trace, contract_batch and leaky_sum against
     step-by-step float64 loops, with decays that are exactly 0 (a spike at exactly θ) and
     negative (θ·ψ > 1)."""
-    from otpe_cli.rules.base import (advance_trace, contract_batch, leaky_sum, reverse_scan,
-                                     suffix_products)
+    from otpe_cli.compute import leaky_sum, reverse_scan, suffix_products
+    from otpe_cli.ops import advance_trace, contract_batch
     g = torch.Generator().manual_seed(0)
     K, B, O, I = 5, 3, 4, 6
     decays = torch.rand(K, B, O, generator=g, dtype=torch.float64) * 2 - 0.5

@@ -366,14 +366,9 @@ def test_corrupt_files_name_the_file(shd_root, kind, words):
 # ============================================================================ config
 @pytest.fixture
 def compose_shd():
-    from hydra import compose, initialize_config_module
+    from helpers import compose_cfg
 
-    import otpe_cli.config  # noqa: F401  (registers the schemas)
-
-    def make(overrides):
-        with initialize_config_module(config_module="otpe_cli.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-    return make
+    return compose_cfg
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from otpe_cli import SNN
-from otpe_cli.snn import DEFAULT_BETA, membrane_step, predict_correct, surrogate
+from otpe_cli.ops import membrane_step, surrogate
+from otpe_cli.snn import DEFAULT_BETA, predict_correct
 
 
 def test_beta_default_is_sigmoid_3():

@@ -58,7 +58,8 @@ def test_a_sweep_job_whose_directory_is_in_use_is_named_and_the_sweep_exits_1(tm
     """A sweep run again while its first run still trains one of its jobs: that job is
     refused (its directory is the other process's), the others run, and the sweep ends with
     exit 1 naming it; no mark is left behind."""
-    from otpe_cli.cli import FAILED_MARK, run_dir_lock
+    from otpe_cli.launch.rundir import run_dir_lock
+    from otpe_cli.launch.sweep import FAILED_MARK
 
     sweep = tmp_path / "sweep"
     busy = sweep / "0_ottt_d3_s0"
@@ -78,7 +79,7 @@ def test_a_resumed_sweep_job_refused_beside_its_checkpoint_is_counted_as_failed(
     """A sweep run again with a changed setting: its job's checkpoint (another config) is
     kept and the job refused; its summary.json stays the earlier run's, so a mark carries the
     failure to the sweep's end, which exits 1 naming it (it used to exit 0)."""
-    from otpe_cli.cli import FAILED_MARK
+    from otpe_cli.launch.sweep import FAILED_MARK
 
     sweep = tmp_path / "sweep"
     job = sweep / "0_otpe_d3_s0"
@@ -261,7 +262,7 @@ def test_depth_sweep_preset():
 
 
 def test_launcher_configs():
-    from otpe_cli.cli import _threads_per_job
+    from otpe_cli.launch.sweep import threads_per_job as _threads_per_job
 
     slurm = compose_with_hydra(["hydra/launcher=slurm"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")

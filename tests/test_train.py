@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, strip_time
+from helpers import TINY, strip_time
 from otpe_cli.cli import run
 from otpe_cli.logs import read_metrics
 
@@ -158,7 +158,7 @@ def test_training_on_cuda_runs_and_resumes(make_cfg, tmp_path, update):
     assert math.isfinite(more["align/cos/global"])
 
 def test_cli_progress_goes_to_stderr_and_the_final_table_to_stdout(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     run_dir = tmp_path / "run"
     res = run_cli(["debug=quick", "trainer.progress=lines", f"hydra.run.dir={run_dir}"],

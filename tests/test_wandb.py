@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from otpe_cli.logs import read_metrics
 
 #: a few seconds per run: the real trainer at tiny sizes
@@ -190,7 +190,7 @@ def test_a_job_stopped_by_a_signal_is_marked_preempted_and_resumes_the_same_run(
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
     trainer = Trainer(compose_cfg([*SMALL, "trainer.progress=none"]), run_dir)
-    trainer._signal = signal.SIGTERM  # as the handler would, during the first iteration
+    trainer.stop.signum = signal.SIGTERM  # as the handler would, during the first iteration
     with pytest.raises(Interrupted):
         trainer.train()
     (stopped,) = offline_runs(run_dir)

@@ -1,16 +1,15 @@
 """Data sets: Randman / T-Randman (generated locally) and SHD / SSC (through tonic)."""
 from __future__ import annotations
 
+from ..spec import DATASETS
 from .base import DataError, SpikeDataset
 from .randman import Randman
-
-DATASETS = ("randman", "trandman", "shd", "ssc")
 
 
 def build_dataset(dataset_cfg, encoding: str) -> SpikeDataset:
     """Build the data set a config names (``dataset.name``) with the chosen encoding."""
     name = dataset_cfg.name
-    if name in ("randman", "trandman"):
+    if name in ("randman", "trandman"):  # (spec.RANDMAN_DATASETS)
         return Randman(
             num_classes=dataset_cfg.num_classes, num_units=dataset_cfg.num_units,
             num_steps=dataset_cfg.num_steps, dim_manifold=dataset_cfg.dim_manifold,

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 
-class DataError(RuntimeError):
-    """A data set is missing, unreadable or inconsistent; the message says which file and why."""
+from ..errors import DataError  # noqa: F401  (the data sets' error, raised by each of them)
 
 
 class SpikeDataset:

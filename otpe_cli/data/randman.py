@@ -36,9 +36,9 @@ NORMALISATIONS = ("per_draw", "fixed")
 DRAW_EPS = 1e-7
 
 #: samples evaluated at once, in one reused work buffer of _CHUNK × M × D × K floats (~10 MB at
-#: the defaults). A fresh 80 MB intermediate per batch cost 3× more, mostly in page faults.
-#: The weighted sum over K is an in-place multiply and a sum over the last, contiguous axis:
-#: as a batched matrix–vector product (what einsum makes of it) it took as long as the sines.
+#: the defaults; a fresh intermediate per batch costs page faults). The weighted sum over K is
+#: an in-place multiply and a sum over the last, contiguous axis (a batched matrix–vector
+#: product is slower here).
 _CHUNK = 16
 
 

@@ -3,7 +3,9 @@
 ẑ_t = β ẑ_{t−1} + â_t (doubly filtered presynaptic trace); weight gradient (e ⊙ ḡ_t) ẑ_tᵀ;
 sends ḡ_t down. Used at the output too (A-OTPE-front), where e = ∂L_t/∂o_t.
 """
-from .base import FactorisedRule, GBar, leaky_scalars, leaky_sum
+from ..compute import leaky_sum
+from ..ops import leaky_scalars
+from .base import FactorisedRule, GBar
 
 
 class ApproxOTPE(FactorisedRule):

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
+from ..compute import leaky_sum
+from ..ops import leaky_scalars
 
 
 class TracePool:
     """Per-sample N_out × N_in traces kept from one pass to the next.
 
     Every pass needs its traces afresh, and a freed tensor of the process's largest size goes
-    back to the OS, so allocating it again costs a page fault on each of its 4 KiB pages: on
-    2 CPU cores that was ~20 % of an OTPE sequence gradient. An `Algorithm` keeps one pool for
+    back to the OS, so allocating it again costs a page fault on each of its 4 KiB pages, a
+    large share of an OTPE sequence gradient on a CPU. An `Algorithm` keeps one pool for
     all its passes: a pass calls ``new_pass(B, dtype, device)``, its rules ``take`` their
     traces (uninitialised) and ``give_back`` the ones they are done with, which the next pass
     may take. Only the last pass's traces are kept, and only those a pass can use: of its
@@ -96,33 +97,6 @@ class LayerRule:
         raise NotImplementedError
 
 
-def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float) -> torch.Tensor:
-    """x_k = decay·x_{k−1} + inputs_k over the K steps of a block (inputs (K, …)), from
-    x_{−1} = ``state``, which is left at x_{K−1}; returns every x_k, (K, …). (On CPU, one
-    fused kernel that rounds as these ops do: `kernels`.)"""
-    fused = kernels.leaky_sum(state, inputs, decay)
-    if fused is not None:
-        return fused
-    if len(inputs) == 1:
-        out = torch.add(inputs, state, alpha=decay)
-    else:
-        out = torch.empty_like(inputs)
-        previous = state
-        for k in range(len(inputs)):
-            previous = torch.add(inputs[k], previous, alpha=decay, out=out[k])
-    state.copy_(out[-1])
-    return out
-
-
-def leaky_scalars(state: float, decay: float, inputs) -> list[float]:
-    """`leaky_sum` for a scalar state and K scalar inputs: the K values."""
-    out = []
-    for value in inputs:
-        state = decay * state + value
-        out.append(state)
-    return out
-
-
 class GBar:
     """Normalised leaky average of ψ (SPEC §2): ḡ_t = Σ_k β^{t−k} ψ_k / Σ_k β^{t−k}, the
     closed form of c_t = β·c_{t−1} + 1, r_t = β·c_{t−1}/c_t, ḡ_t = r_t·ḡ_{t−1} + (1 − r_t)·ψ_t
@@ -178,54 +152,3 @@ class FactorisedRule(LayerRule):
         return d
 
 
-def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
-    """λ_k = direct_k + decay_{k+1}·λ_{k+1} over k = K−1..0 (λ_{K−1} = direct_{K−1}) for
-    direct (K, B, N) and decay (K, B, N) or a float: how much a unit at step k of a block feeds
-    into everything the block later sums, through a recurrence x_k = decay_k·x_{k−1} + ….
-    (A scan of products and sums only: no division, so exact when a decay is 0. On CPU, one
-    fused kernel that rounds as these ops do: `kernels`.)"""
-    fused = kernels.reverse_scan(direct, decay)
-    if fused is not None:
-        return fused
-    out = torch.empty_like(direct)
-    out[-1] = direct[-1]
-    scalar = not isinstance(decay, torch.Tensor)
-    for k in range(direct.shape[0] - 2, -1, -1):
-        if scalar:
-            torch.add(direct[k], out[k + 1], alpha=decay, out=out[k])
-        else:
-            torch.addcmul(direct[k], decay[k + 1], out[k + 1], out=out[k])
-    return out
-
-
-def advance_trace(trace: torch.Tensor, keep: torch.Tensor | None, coef: torch.Tensor,
-                  inputs: torch.Tensor, from_zero: bool = False) -> None:
-    """trace[b, i, :] ← keep[b, i]·trace[b, i, :] + Σ_k coef[k, b, i]·inputs[k, b, :]
-    for a trace (B, N_out, N_in), keep (B, N_out) or None for 1, coef (K, B, N_out) and
-    inputs (K, B, N_in), however many steps K the block holds: a multiply and one batched
-    matrix product that adds into the trace in place. ``from_zero``: the trace before is 0,
-    and its memory is not read (it may be uninitialised)."""
-    if not from_zero and keep is not None:
-        trace.mul_(keep.unsqueeze(2))
-    trace.baddbmm_(coef.permute(1, 2, 0), inputs.transpose(0, 1), beta=0.0 if from_zero else 1.0)
-
-
-def suffix_products(decays: torch.Tensor) -> torch.Tensor:
-    """P_k = Π_{n > k} decays_n for k = −1..K−1 (K + 1 rows; P_{K−1} = 1): what a unit added
-    at step k of a block is worth at its end, and P_{−1} what the block keeps of the start.
-    (On CPU, one fused kernel: `kernels`.)"""
-    fused = kernels.suffix_products(decays)
-    if fused is not None:
-        return fused
-    out = torch.empty((decays.shape[0] + 1,) + decays.shape[1:], dtype=decays.dtype,
-                      device=decays.device)
-    out[-1] = 1.0
-    for k in range(decays.shape[0] - 1, -1, -1):
-        torch.mul(out[k + 1], decays[k], out=out[k])
-    return out
-
-
-def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -> None:
-    """grad_w[i, j] += Σ_b d[b, i]·trace[b, i, j] for a trace (B, N_out, N_in): one batched
-    matrix–vector product over the output units, reading the trace in place."""
-    grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace.transpose(0, 1)).squeeze(1))

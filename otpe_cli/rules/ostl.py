@@ -22,7 +22,9 @@ block gives ε back to the pass's `TracePool`.
 """
 import torch
 
-from .base import LayerRule, advance_trace, contract_batch, reverse_scan, suffix_products
+from ..compute import reverse_scan, suffix_products
+from ..ops import advance_trace, contract_batch
+from .base import LayerRule
 
 
 class OSTL(LayerRule):

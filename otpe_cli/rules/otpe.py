@@ -18,7 +18,9 @@ not advance it but gives it back.
 """
 import torch
 
-from .base import GBar, advance_trace, contract_batch, reverse_scan
+from ..compute import reverse_scan
+from ..ops import advance_trace, contract_batch
+from .base import GBar
 from .ostl import OSTL
 
 _RENORMALISE_BELOW = 1e-20  # 1/scale stays far from float32's 3e38 over any sequence

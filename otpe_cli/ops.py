@@ -1,0 +1,134 @@
+"""The plain-torch maths of the passes: the LIF step and its surrogate (SPEC §1), and the
+linear scans and trace products the rules' block updates are made of (SPEC §2, `rules.base`).
+
+These are the definitions. On CPU some of them also exist as fused C++ loops (`kernels`),
+checked against these to the last bit when loaded; `compute` picks one or the other.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
+    """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
+    return (v - threshold).abs_().mul_(slope).add_(1.0).reciprocal_().square_()
+
+
+def heaviside(v: torch.Tensor, threshold: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """H(v − θ) in v's dtype, H(0) = 1. Written straight into a float tensor (``out``, or a new
+    one): on CPU, a bool comparison followed by a cast costs ~10× more, and this runs every
+    layer and step."""
+    return torch.ge(v, threshold, out=torch.empty_like(v) if out is None else out)
+
+
+class _Spike(torch.autograd.Function):
+    """Heaviside spike H(v − θ) with H(0) = 1, differentiated through the surrogate ψ."""
+
+    @staticmethod
+    def forward(ctx, v, threshold: float, slope: float):
+        ctx.save_for_backward(v)
+        ctx.threshold, ctx.slope = threshold, slope
+        return heaviside(v, threshold)
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (v,) = ctx.saved_tensors
+        return grad_s * surrogate(v, ctx.threshold, ctx.slope), None, None
+
+
+def spike(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
+    if torch.is_grad_enabled() and v.requires_grad:
+        return _Spike.apply(v, threshold, slope)
+    return heaviside(v, threshold)
+
+
+def membrane_step(u, current, beta: float, threshold: float, slope: float, out=None):
+    """One LIF step of one layer given its input current I_t = W a_t + b (SPEC §1).
+
+    v_t = β·u_{t−1} + I_t;  s_t = H(v_t − θ);  u_t = v_t − θ·s_t  (reset differentiated).
+    Returns (v_t, s_t, u_t). ``out``, a pair of tensors, receives v_t and s_t (no autograd).
+    """
+    if out is None:
+        v = torch.add(current, u, alpha=beta)
+        s = spike(v, threshold, slope)
+    else:
+        v = torch.add(current, u, alpha=beta, out=out[0])
+        s = heaviside(v, threshold, out=out[1])
+    return v, s, torch.sub(v, s, alpha=threshold)
+
+
+def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
+    """`membrane_step` over the K steps of a block without autograd: v is written over
+    ``current`` (K, …); returns the spikes (K, …) and the last u."""
+    s = torch.empty_like(current)
+    for k in range(len(current)):
+        _, _, u = membrane_step(u, current[k], beta, threshold, slope, out=(current[k], s[k]))
+    return s, u
+
+
+def leaky_scalars(state: float, decay: float, inputs) -> list[float]:
+    """`leaky_sum` for a scalar state and K scalar inputs: the K values."""
+    out = []
+    for value in inputs:
+        state = decay * state + value
+        out.append(state)
+    return out
+
+
+def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float) -> torch.Tensor:
+    """x_k = decay·x_{k−1} + inputs_k over the K steps of a block (inputs (K, …)), from
+    x_{−1} = ``state``, which is left at x_{K−1}; returns every x_k, (K, …)."""
+    if len(inputs) == 1:
+        out = torch.add(inputs, state, alpha=decay)
+    else:
+        out = torch.empty_like(inputs)
+        previous = state
+        for k in range(len(inputs)):
+            previous = torch.add(inputs[k], previous, alpha=decay, out=out[k])
+    state.copy_(out[-1])
+    return out
+
+
+def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
+    """λ_k = direct_k + decay_{k+1}·λ_{k+1} over k = K−1..0 (λ_{K−1} = direct_{K−1}) for
+    direct (K, B, N) and decay (K, B, N) or a float: how much a unit at step k of a block feeds
+    into everything the block later sums, through a recurrence x_k = decay_k·x_{k−1} + ….
+    (A scan of products and sums only: no division, so exact when a decay is 0.)"""
+    out = torch.empty_like(direct)
+    out[-1] = direct[-1]
+    scalar = not isinstance(decay, torch.Tensor)
+    for k in range(direct.shape[0] - 2, -1, -1):
+        if scalar:
+            torch.add(direct[k], out[k + 1], alpha=decay, out=out[k])
+        else:
+            torch.addcmul(direct[k], decay[k + 1], out[k + 1], out=out[k])
+    return out
+
+
+def advance_trace(trace: torch.Tensor, keep: torch.Tensor | None, coef: torch.Tensor,
+                  inputs: torch.Tensor, from_zero: bool = False) -> None:
+    """trace[b, i, :] ← keep[b, i]·trace[b, i, :] + Σ_k coef[k, b, i]·inputs[k, b, :]
+    for a trace (B, N_out, N_in), keep (B, N_out) or None for 1, coef (K, B, N_out) and
+    inputs (K, B, N_in), however many steps K the block holds: a multiply and one batched
+    matrix product that adds into the trace in place. ``from_zero``: the trace before is 0,
+    and its memory is not read (it may be uninitialised)."""
+    if not from_zero and keep is not None:
+        trace.mul_(keep.unsqueeze(2))
+    trace.baddbmm_(coef.permute(1, 2, 0), inputs.transpose(0, 1), beta=0.0 if from_zero else 1.0)
+
+
+def suffix_products(decays: torch.Tensor) -> torch.Tensor:
+    """P_k = Π_{n > k} decays_n for k = −1..K−1 (K + 1 rows; P_{K−1} = 1): what a unit added
+    at step k of a block is worth at its end, and P_{−1} what the block keeps of the start."""
+    out = torch.empty((decays.shape[0] + 1,) + decays.shape[1:], dtype=decays.dtype,
+                      device=decays.device)
+    out[-1] = 1.0
+    for k in range(decays.shape[0] - 1, -1, -1):
+        torch.mul(out[k + 1], decays[k], out=out[k])
+    return out
+
+
+def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -> None:
+    """grad_w[i, j] += Σ_b d[b, i]·trace[b, i, j] for a trace (B, N_out, N_in): one batched
+    matrix–vector product over the output units, reading the trace in place."""
+    grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace.transpose(0, 1)).squeeze(1))
