@@ -170,6 +170,10 @@ def trainer_state(trainer) -> dict:
         "align_count": trainer.align_count, "skipped": trainer.skipped,
         "elapsed": trainer.wall_time(),
         "wandb_run_id": trainer.wandb_run_id,
+        "wandb_steps": trainer.logger.wandb_steps if hasattr(trainer, "logger")
+        else trainer.wandb_steps,
+        "metrics": trainer.logger.metrics.saved_copy() if hasattr(trainer, "logger")
+        else trainer.saved_metrics,
     }
 
 
@@ -204,3 +208,5 @@ def restore(trainer, path: Path) -> None:
     trainer.align_sums, trainer.align_count = align_sums, align_count
     trainer.skipped, trainer.elapsed = skipped, elapsed
     trainer.wandb_run_id = state.get("wandb_run_id")
+    trainer.wandb_steps = int(state.get("wandb_steps") or 0)
+    trainer.saved_metrics = state.get("metrics")  # (None in checkpoints of earlier versions)

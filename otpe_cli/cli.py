@@ -18,6 +18,7 @@ from .launch import argv as command_line
 from .launch.console import guard_console_streams
 from .launch.job import run_job
 from .launch.rundir import run_dir_lock
+from .launch.signals import StopSignal
 
 log = logging.getLogger("otpe-train")
 
@@ -67,9 +68,11 @@ def main() -> None:
         raise SystemExit(2)
     try:
         _hydra_main()
-    except KeyboardInterrupt:  # Ctrl-C outside a job (a job answers it itself)
-        print("otpe-train: interrupted; run the same command again to resume.", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+    except KeyboardInterrupt as exc:  # a stop outside a job (a job answers it itself)
+        signum = exc.signum if isinstance(exc, StopSignal) else signal.SIGINT
+        print(f"otpe-train: stopped by {signal.Signals(signum).name}; run the same command "
+              "again to resume.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

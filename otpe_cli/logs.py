@@ -74,33 +74,77 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _parse_rows(text: str) -> tuple[list[dict], int]:
+    """The rows of metrics.jsonl text, and how many lines could not be read (a torn last line
+    of a killed writer, or damage); those are left out, the rows after them kept."""
+    rows, bad = [], 0
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (a killed writer) is ignored."""
-    rows = []
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+    """Rows of a metrics.jsonl; lines that cannot be read are left out."""
+    try:
+        return _parse_rows(Path(path).read_text(errors="replace"))[0]
+    except OSError:
+        return []
 
 
 class MetricsFile:
-    """Append-only metrics.jsonl that a resumed run truncates back to its checkpoint."""
+    """Append-only metrics.jsonl. It also keeps the lines it has written since the run started
+    (``lines``): a checkpoint carries them, so that a resumed run puts back any row up to its
+    checkpoint that damage or a kill took from the file."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / METRICS_NAME
+        self.lines: list[str] = []
 
-    def truncate_after(self, iteration: int) -> None:
-        rows = [r for r in read_metrics(self.path) if r.get("iter", 0) <= iteration]
+    def resume(self, iteration: int, saved: str | None) -> str | None:
+        """Make the file hold exactly the rows up to ``iteration`` (those after it are made
+        again): from the checkpoint's copy ``saved`` where it has one, else from the file.
+        Returns what was repaired, in words, or None."""
+        try:
+            text = self.path.read_text(errors="replace") if self.path.exists() else ""
+        except OSError as exc:
+            raise OutputError(f"{self.path} cannot be read ({exc.strerror}); move it away to "
+                              "have it made again from the checkpoint.") from None
+        rows, bad = _parse_rows(text)
+        kept = [json.dumps(r) for r in rows if r.get("iter", 0) <= iteration]
+        repaired = None
+        if saved is not None:
+            restored = saved.splitlines()
+            lost = len(set(restored) - set(kept))
+            if lost or len(kept) != len(restored):
+                repaired = (f"{self.path.name}: {lost} row(s) up to iteration {iteration} were "
+                            f"missing or unreadable ({bad} unreadable line(s)); written again "
+                            "from the checkpoint")
+            kept = restored
+        elif bad:
+            repaired = (f"{self.path.name}: {bad} unreadable line(s) left out (this checkpoint "
+                        "holds no copy of the rows to put back)")
+        self.lines = kept
         with writing(self.path):
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        return repaired
 
     def append(self, row: dict) -> None:
-        # (a torn last line is dropped by read_metrics and truncate_after)
+        line = json.dumps({k: _clean(v) for k, v in row.items()})
         with writing(self.path), open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+            f.write(line + "\n")
+        self.lines.append(line)
+
+    def saved_copy(self) -> str:
+        """The rows written so far, for a checkpoint."""
+        return "".join(line + "\n" for line in self.lines)
 
 
 class ConsoleProgress:
@@ -169,7 +213,7 @@ class RunLogger:
     """Fans every logged row out to metrics.jsonl, the console and (optionally) W&B."""
 
     def __init__(self, run_dir: Path, cfg, total: int, start: int, title: str,
-                 wandb_run_id: str | None = None):
+                 wandb_run_id: str | None = None, wandb_steps: int = 0):
         self.run_dir = Path(run_dir)
         self.metrics = MetricsFile(self.run_dir)
         self.console = ConsoleProgress(total, start, cfg.trainer.progress, title)
@@ -177,12 +221,18 @@ class RunLogger:
         self.wandb = None
         if cfg.logger.name == "wandb":
             from .wandb_logger import WandbLogger
-            self.wandb = WandbLogger(cfg, self.run_dir, wandb_run_id, self.console.console)
+            self.wandb = WandbLogger(cfg, self.run_dir, wandb_run_id, self.console.console,
+                                     wandb_steps)
         self.started = time.time()
 
     @property
     def wandb_run_id(self) -> str | None:
         return self.wandb.run_id if self.wandb else None
+
+    @property
+    def wandb_steps(self) -> int:
+        """Rows W&B has been sent in this run (its history steps), earlier starts included."""
+        return self.wandb.steps if self.wandb else 0
 
     def log(self, row: dict, line: bool = False) -> None:
         self.metrics.append(row)

@@ -9,6 +9,7 @@ on a stop signal (`launch.signals`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import kernels
 from .algorithms import build_algorithm
 from .align import alignment
 from .data import build_dataset
@@ -25,6 +27,8 @@ from .launch.signals import Interrupted, StopRequest, recording
 from .logs import RunLogger, SUMMARY_NAME, ensure_writable, read_metrics
 from .memory import check_memory
 from .snn import SNN
+
+log = logging.getLogger("otpe-train")
 
 
 class Every:
@@ -93,6 +97,8 @@ class Trainer:
         self.skipped = 0
         self.elapsed = 0.0
         self.wandb_run_id = None
+        self.wandb_steps = 0      # rows W&B has been sent (its history steps)
+        self.saved_metrics = None  # the checkpoint's copy of metrics.jsonl up to its iteration
         self.checkpoint_path = self.run_dir / ckpt.CHECKPOINT_NAME
         self.checkpoint_iteration: int | None = None  # the iteration checkpoint.pt holds
         if self.checkpoint_path.exists():
@@ -241,12 +247,17 @@ class Trainer:
     def train(self) -> dict:
         t = self.cfg.trainer
         self.logger = RunLogger(self.run_dir, self.cfg, t.iterations, self.iteration,
-                                f"{self.algorithm.name}", self.wandb_run_id)
+                                f"{self.algorithm.name}", self.wandb_run_id,
+                                wandb_steps=self.wandb_steps)
         self.wandb_run_id = self.logger.wandb_run_id
-        self.logger.metrics.truncate_after(self.iteration)  # rows after the checkpoint go
+        repaired = self.logger.metrics.resume(self.iteration, self.saved_metrics)
+        if repaired:
+            log.warning(repaired)
         self.logger.drop_stale_summary()  # this run is under way again
         ckpt.remove_stale_temporaries(self.checkpoint_path)
         self.data.prepare()  # a test set drawn on first use is not the first iteration's time
+        if self.device.type == "cpu":  # built (or waited for) before the loop, where a stop
+            kernels.load()             # signal still stops the start-up at once
         self._t0 = time.time()
         with recording(self.stop):
             try:

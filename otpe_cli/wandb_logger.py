@@ -7,8 +7,11 @@ training: without an API key or network the run logs offline (one line says how 
 - Files: ``<run_dir>/wandb/`` (``dir=run_dir``), so every job of a sweep keeps its own.
 - One W&B run per job: ``reinit="finish_previous"`` and ``finish()`` at the end of every job,
   also when several jobs share a process (Hydra's basic launcher).
-- Resume: the trainer keeps the run id in its checkpoint; a resumed job passes it back here and
-  continues the same W&B run (``resume="allow"``).
+- Resume: the trainer keeps the run id and the number of rows sent (W&B's history steps) in its
+  checkpoint; a resumed job continues the same W&B run, rewound to the checkpoint
+  (``resume_from="<id>?_step=<steps − 1>"``), so that the rows it makes again after a kill are
+  in W&B once. Where the server refuses the rewind, it continues the run as it is
+  (``resume="allow"``).
 - Step axis: the trainer's iteration (``define_metric(..., step_metric="iter")``); accuracies
   keep their best value in the summary (``summary="max"``), the final ones go to ``final/<key>``.
 """
@@ -77,10 +80,13 @@ def sweep_group(cfg) -> str | None:
 class WandbLogger:
     """One W&B run for one training run; every call is safe when W&B is unavailable."""
 
-    def __init__(self, cfg, run_dir: Path, wandb_run_id: str | None = None, console=None):
+    def __init__(self, cfg, run_dir: Path, wandb_run_id: str | None = None, console=None,
+                 steps: int = 0):
         self.console = console
         self.run_dir = Path(run_dir)
         self.run_id = wandb_run_id or new_run_id()
+        #: rows sent to W&B in this run so far (its history steps), from earlier starts too
+        self.steps = steps if wandb_run_id else 0
         self.run = None
         self.mode = str(cfg.logger.mode)
         self.quiet = cfg.trainer.progress == "none"  # wandb's own lines too; warnings stay
@@ -94,10 +100,9 @@ class WandbLogger:
         try:
             self._init_kwargs = dict(
                 project=cfg.logger.project, entity=cfg.logger.entity, group=sweep_group(cfg),
-                job_type=cfg.algorithm.name, name=run_name(cfg),
-                tags=list(cfg.logger.tags) or None, config=self._config(cfg),
-                dir=str(self.run_dir), id=self.run_id, resume="allow",
-                reinit="finish_previous", allow_val_change=True)
+                job_type=str(cfg.algorithm.name), name=run_name(cfg),
+                tags=list(cfg.logger.tags or []) or None, config=self._config(cfg),
+                dir=str(self.run_dir), reinit="finish_previous", allow_val_change=True)
         except Exception as exc:
             self._say(f"W&B: cannot read the logger config ({exc}); training continues "
                       "without W&B.")
@@ -128,9 +133,9 @@ class WandbLogger:
     def _config(self, cfg) -> dict:
         """The resolved config (as written unresolved if an interpolation cannot resolve)."""
         try:
-            config = OmegaConf.to_container(cfg, resolve=True)
+            config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         except Exception:
-            config = OmegaConf.to_container(cfg, resolve=False)
+            config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         config["run_dir"] = str(self.run_dir)
         return config
 
@@ -180,7 +185,17 @@ class WandbLogger:
                 init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S)),
                 finish_timeout=float(os.environ.get("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT_S)),
                 console="off", silent=self.quiet)  # the console stays rich's and Hydra's
-            return wandb.init(mode=mode, settings=settings, **self._init_kwargs)
+            resumes = [dict(id=self.run_id, resume="allow")]
+            if self.steps:  # rewound to the checkpoint's last row; else continued as it is
+                resumes.insert(0, dict(resume_from=f"{self.run_id}?_step={self.steps - 1}"))
+            for i, resume in enumerate(resumes):
+                try:
+                    return wandb.init(mode=mode, settings=settings, **resume,
+                                      **self._init_kwargs)
+                except Exception:
+                    if i == len(resumes) - 1:
+                        raise
+                    self.steps = 0  # continued without the rewind: its rows are counted anew
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             fallback = "trying offline" if mode == "online" else "giving up on W&B"
@@ -209,6 +224,7 @@ class WandbLogger:
                 if key not in self._defined:
                     self._define(key)
             self.run.log({k: v for k, v in row.items() if v is not None})
+            self.steps += 1
         except Exception as exc:
             self._lost(exc)
 

@@ -35,6 +35,20 @@ def run_cli(args, cwd, env=None, timeout=300, executable="otpe-train"):
                           timeout=timeout)
 
 
+def crash_at(monkeypatch, iteration: int):
+    """Make the trainer die (like SIGKILL: no checkpoint on the way out) before ``iteration``."""
+    from otpe_cli.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, x, y, align):
+        if self.iteration + 1 == iteration:
+            raise SystemExit("killed")
+        return original(self, x, y, align)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
 def strip_time(rows):
     """metrics rows without their wall-clock keys (the part that must replay exactly)."""
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, compose_cfg, run_cli, strip_time
+from helpers import TINY, compose_cfg, crash_at, run_cli, strip_time
 from otpe_cli import checkpoint as ckpt
 from otpe_cli.checkpoint import CheckpointError
 from otpe_cli.cli import run
@@ -163,11 +163,10 @@ def test_a_stop_signal_while_a_run_starts_up_is_answered_in_words(tmp_path, sig)
     run_dir, log = tmp_path / "run", tmp_path / "log"
     proc = start(["debug=quick", "dataset.test_samples_per_class=3000"], run_dir, log)
     deadline = time.monotonic() + TIMEOUT
-    while "run directory" not in log.read_text():
-        assert proc.poll() is None, log.read_text()[-3000:]
+    while "run directory" not in log.read_text():  # printed as training starts up, before
+        assert proc.poll() is None, log.read_text()[-3000:]  # the test set is drawn (seconds)
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    time.sleep(0.2)  # drawing 30 000 test samples takes seconds
     proc.send_signal(sig)
     assert proc.wait(timeout=TIMEOUT) == 128 + sig, log.read_text()[-3000:]
     text = log.read_text()
@@ -219,18 +218,11 @@ def test_finished_run_started_again_says_so_and_changes_nothing(tmp_path, baseli
 
 
 # ============================================================================ in process
-def _crash_at(monkeypatch, iteration: int):
-    """Make the trainer die (like SIGKILL: no checkpoint on the way out) before ``iteration``."""
-    from otpe_cli.trainer import Trainer
-
-    original = Trainer.train_step
-
-    def train_step(self, x, y, align):
-        if self.iteration + 1 == iteration:
-            raise SystemExit("killed")
-        return original(self, x, y, align)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+CRASHING = ["dataset=trandman", "trainer.iterations=14", "dataset.num_steps=12",
+            *[o for o in TINY if not o.startswith(("trainer.checkpoint_every",
+                                                   "trainer.log_every"))],
+            "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.eval_every=5",
+            "trainer.align_every=3"]
 
 
 @pytest.mark.parametrize("extra", [
@@ -239,14 +231,10 @@ def _crash_at(monkeypatch, iteration: int):
 ], ids=["offline-bptt", "online-f_otpe"])
 def test_crash_between_checkpoints_resumes_from_the_last_one(make_cfg, tmp_path, monkeypatch,
                                                               extra):
-    over = ["dataset=trandman", "trainer.iterations=14", "dataset.num_steps=12",
-            *[o for o in TINY if not o.startswith(("trainer.checkpoint_every",
-                                                   "trainer.log_every"))],
-            "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.eval_every=5",
-            "trainer.align_every=3", *extra]
+    over = [*CRASHING, *extra]
     run(make_cfg(over), tmp_path / "whole")
     with monkeypatch.context() as m:
-        _crash_at(m, 11)
+        crash_at(m, 11)
         with pytest.raises(SystemExit):
             run(make_cfg(over), tmp_path / "crashed")
     assert read_metrics(tmp_path / "crashed" / "metrics.jsonl")[-1]["iter"] == 10
@@ -258,14 +246,44 @@ def test_crash_between_checkpoints_resumes_from_the_last_one(make_cfg, tmp_path,
     assert_same_run(tmp_path / "crashed", tmp_path / "whole")
 
 
+@pytest.mark.parametrize("damage", ["middle", "torn-at-checkpoint", "all-gone"])
+def test_a_damaged_metrics_file_loses_no_row_the_checkpoint_covers(make_cfg, tmp_path,
+                                                                   monkeypatch, caplog, damage):
+    """A run killed after its checkpoint at iteration 8: an unreadable line in the middle of
+    metrics.jsonl, the checkpoint's own row torn, or the file gone. The resumed run ends with
+    every row of an uninterrupted run and says in one line what it repaired."""
+    import logging
+
+    run(make_cfg(CRASHING), tmp_path / "whole")
+    with monkeypatch.context() as m:
+        crash_at(m, 11)
+        with pytest.raises(SystemExit):
+            run(make_cfg(CRASHING), tmp_path / "crashed")
+    path = tmp_path / "crashed" / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["iter"] for line in lines] == list(range(1, 11))
+    if damage == "middle":
+        lines[3] = lines[3][:20] + "\x00garbage"
+        path.write_text("\n".join(lines) + "\n")
+    elif damage == "torn-at-checkpoint":  # the row of iteration 8, half written, and no later
+        path.write_text("\n".join(lines[:7] + [lines[7][:25]]))
+    else:
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="otpe-train"):
+        run(make_cfg(CRASHING), tmp_path / "crashed")
+    assert_same_run(tmp_path / "crashed", tmp_path / "whole")
+    repaired = [r.getMessage() for r in caplog.records if "written again" in r.getMessage()]
+    assert len(repaired) == 1 and "up to iteration 8" in repaired[0], repaired
+
+
 def test_checkpoint_keeps_the_wandb_run_id(make_cfg, tmp_path, monkeypatch):
     from otpe_cli import trainer as trainer_mod
 
     passed = []
 
     class Logger(trainer_mod.RunLogger):  # stands in for W&B: only the run id matters here
-        def __init__(self, *args):
-            super().__init__(*args)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             passed.append(args[-1])
 
         @property

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_cfg
+from helpers import compose_cfg, crash_at
 from otpe_cli.logs import read_metrics
 
 #: a few seconds per run: the real trainer at tiny sizes
@@ -261,12 +261,12 @@ def test_online_with_an_unreachable_server_goes_offline_at_once(tmp_path, cli):
     spend its timeout finding out."""
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
-           "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "60"}
+           "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_INIT_TIMEOUT": "900"}
     tic = time.time()
-    res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=120)
+    res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=600)
     out = res.stderr + res.stdout
     assert res.returncode == 0, out[-3000:]
-    assert time.time() - tic < 55  # (wandb.init alone would wait 60 s)
+    assert time.time() - tic < 450  # (wandb.init alone would wait 900 s)
     assert "W&B: cannot reach the server (127.0.0.1:9: Connection refused); logging offline" \
         in out and "wandb sync" in out
     assert "online init failed" not in out
@@ -282,10 +282,10 @@ def test_online_with_a_server_that_is_not_wandb_falls_back_to_offline(
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": not_wandb_server,
            "WANDB_INIT_TIMEOUT": "3"}
     tic = time.time()
-    res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=120)
+    res = cli([*SMALL, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, timeout=600)
     out = res.stderr + res.stdout
     assert res.returncode == 0, out[-3000:]
-    assert time.time() - tic < 60
+    assert time.time() - tic < 450  # (it never waits long for a server that is no W&B)
     assert "cannot reach" not in out
     assert "online init failed" in out and "wandb sync" in out
     runs = offline_runs(run_dir)
@@ -417,3 +417,47 @@ def test_no_wandb_import_unless_chosen(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert math.isfinite(json.loads((tmp_path / "run" / "summary.json").read_text())["test/acc"])
+
+
+def effective_history(runs: list[dict]) -> list[dict]:
+    """The history W&B shows for one run made of offline segments, oldest first: a segment
+    started with ``resume_from`` (its config's ``_wandb.branch_point``) first cuts the history
+    after that step, then adds its own rows."""
+    history = []
+    for segment in runs:
+        point = (segment["config"].get("_wandb") or {}).get("branch_point")
+        if point:
+            history = [h for h in history if h["_step"] <= point["step"]]
+        history += segment["history"]
+    return history
+
+
+def test_rows_made_again_after_a_kill_are_in_w_and_b_once(tmp_path, monkeypatch):
+    """Killed after its checkpoint at iteration 8 with rows 9 and 10 already sent, the resumed
+    job rewinds the W&B run to the checkpoint's last row: W&B then holds each iteration once,
+    and the rows of metrics.jsonl."""
+    from otpe_cli.cli import run
+    from otpe_cli.logs import read_metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    over = ["debug=quick", "logger=wandb", "trainer.iterations=14", "trainer.checkpoint_every=4",
+            "trainer.log_every=1", "trainer.eval_every=5", "trainer.align_every=3",
+            "dataset.num_steps=10", "model.width=8", "trainer.batch_size=8",
+            "dataset.test_samples_per_class=5", "trainer.progress=none"]
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        crash_at(m, 11)
+        with pytest.raises(SystemExit):
+            run(compose_cfg(over), run_dir)
+    (killed,) = offline_runs(run_dir)
+    assert [h["iter"] for h in killed["history"]][-3:] == [8, 9, 10]  # sent beyond the checkpoint
+    run(compose_cfg(over), run_dir)
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"]
+    history = effective_history(runs)
+    iters = [h["iter"] for h in history]
+    assert iters == list(range(1, 15)), iters
+    assert [h["_step"] for h in history] == list(range(14))
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    for h, row in zip(history, rows):
+        assert h["train/loss"] == pytest.approx(row["train/loss"], rel=1e-12)

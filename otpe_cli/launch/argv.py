@@ -62,13 +62,16 @@ def unknown_key_problem(argv: list[str]) -> str | None:
 
 
 def run_dir_problem(argv: list[str]) -> str | None:
-    """Hydra creates the run directory before any of our code runs and answers a failure with a
-    traceback; an explicit ``hydra.run.dir=DIR`` of a single run is checked here first."""
-    if any(a.startswith("-") for a in argv):  # --multirun, --cfg ...: not one run
+    """Hydra creates the run (or sweep) directory before any of our code runs and answers a
+    failure with a traceback; an explicit ``hydra.run.dir=DIR`` of a single run (or
+    ``hydra.sweep.dir=DIR`` of a sweep) is checked here first."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    wanted = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if not multirun and any(a.startswith("-") for a in argv):  # --cfg ...: nothing is made
         return None
     for arg in argv:
         key, _, value = arg.lstrip("+").partition("=")
-        if key != "hydra.run.dir" or not value or "${" in value:
+        if key != wanted or not value or "${" in value:
             continue
         path = Path(value)
         try:
@@ -76,11 +79,19 @@ def run_dir_problem(argv: list[str]) -> str | None:
             if not os.access(path, os.W_OK):
                 raise PermissionError(13, "Permission denied")
         except OSError as exc:
-            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
-                           None)
+            blocker = None
+            for p in (path, *path.parents):
+                try:
+                    if p.exists() and not p.is_dir():
+                        blocker = p
+                        break
+                except OSError:  # (a name too long to even look up)
+                    continue
             why = f"{blocker} is a file" if blocker else (exc.strerror or str(exc))
-            return (f"the run directory {path} cannot be created or written ({why}); choose "
-                    "another with hydra.run.dir=DIR.")
+            shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}…{str(path)[-40:]}"
+            what = "sweep" if multirun else "run"
+            return (f"the {what} directory {shown} cannot be created or written ({why}); choose "
+                    f"another with {wanted}=DIR.")
     return None
 
 
