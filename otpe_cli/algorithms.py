@@ -4,12 +4,14 @@
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
+from .bptt import sequence_logits
 from .rules import RULES
 from .compute import leaky_sum
 from .rules.base import TracePool
@@ -99,21 +101,42 @@ def online_pass(
     return grads, SequenceStats(loss.mean_loss(), spike_counts[-1], rates)
 
 
-def bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str):
-    """Exact reverse-mode gradient of J through time (reset path included)."""
+def _differentiate(model: SNN, y: torch.Tensor, forward):
+    """∇J at the model's parameters, frozen ones included, for ``forward()`` → (logits,
+    output spike counts, rates); the parameters are left as they were."""
     params = list(model.parameters())
     frozen = [p for p in params if not p.requires_grad]  # (their gradient is asked for too)
     try:
         for p in frozen:
             p.requires_grad_(True)
         with torch.enable_grad():
-            logits, spikes, rates = model(x, readout)
+            logits, counts, rates = forward()
             loss = model.sequence_loss(logits, y)
             grads = torch.autograd.grad(loss, params)
     finally:
         for p in frozen:
             p.requires_grad_(False)
-    return list(grads), SequenceStats(float(loss.detach()), spikes.detach().sum(0), rates)
+    return list(grads), SequenceStats(float(loss.detach()), counts.detach(), rates)
+
+
+def bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str,
+              checkpoint_blocks: bool = False):
+    """Exact reverse-mode gradient of J through time (reset path included; SPEC §1): per
+    layer the forward blocks, a reverse scan for ∂J/∂v and two matrix products per block
+    (`bptt`). ``checkpoint_blocks``: keep only each block's start state and recompute the
+    block in the backward pass (the same gradient, in less memory)."""
+    return _differentiate(model, y, lambda: sequence_logits(model, x, readout,
+                                                            checkpoint_blocks))
+
+
+def autograd_bptt_pass(model: SNN, x: torch.Tensor, y: torch.Tensor, readout: str):
+    """The same gradient as `bptt_pass` by autograd through `SNN.forward` (every membrane
+    step recorded): its definition, kept as the reference that tests hold it to."""
+    def forward():
+        logits, spikes, rates = model(x, readout)
+        return logits, spikes.detach().sum(0), rates
+
+    return _differentiate(model, y, forward)
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,8 @@ class Algorithm:
     name: str
     readout: str
     bias_trace: bool = False
+    #: BPTT only: recompute each block's forward in the backward pass (`bptt`)
+    checkpoint_blocks: bool = False
     #: the per-sample traces of its last pass, for the next (see `TracePool`)
     traces: TracePool = field(default_factory=TracePool, compare=False, repr=False)
 
@@ -137,7 +162,7 @@ class Algorithm:
     def gradients(self, model: SNN, x, y) -> tuple[list[torch.Tensor], SequenceStats]:
         """Offline sequence gradient G at the current parameters, aligned with parameters()."""
         if self.is_bptt:
-            return bptt_pass(model, x, y, self.readout)
+            return bptt_pass(model, x, y, self.readout, self.checkpoint_blocks)
         return online_pass(model, self.rule_names(model.depth), x, y, self.readout,
                            self.bias_trace, traces=self.traces)
 
@@ -155,11 +180,15 @@ class Algorithm:
         BPTT (or alignment to it), the membrane and spike of every unit at every step, kept
         for the backward pass. A lower bound (the offline blocks also hold their steps'
         activations, and the allocator its slack), so a refusal built on it never refuses a
-        run that would fit."""
+        run that would fit. BPTT with ``checkpoint_blocks`` holds every layer's u at each
+        block's start, and one block's surrogates and spikes (`bptt`)."""
         need = 2 * sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])) * itemsize
         need += steps * batch * sizes[0] * itemsize + self.trace_bytes(sizes, batch, itemsize)
-        if self.is_bptt or with_reference:
+        if with_reference or (self.is_bptt and not self.checkpoint_blocks):
             need += 2 * steps * batch * sum(sizes[1:]) * itemsize
+        elif self.is_bptt:
+            block = block_steps(steps)
+            need += (-(-steps // block) + 2 * block) * batch * sum(sizes[1:]) * itemsize
         return need
 
     def trace_bytes(self, sizes: list[int], batch: int, itemsize: int) -> int:
@@ -175,11 +204,15 @@ class Algorithm:
         return Algorithm("bptt", self.readout)
 
 
-def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = False) -> Algorithm:
+def build_algorithm(name: str, readout: str | None = None, bias_trace: bool = False,
+                    checkpoint_blocks: bool = False) -> Algorithm:
     problem = algorithm_problem(name, readout, bias_trace)
     if problem:
         raise ValueError(problem)
-    return Algorithm(name, readout or readout_of(name), bool(bias_trace))
+    if checkpoint_blocks and name != "bptt":
+        raise ValueError(f"checkpoint_blocks recomputes BPTT's forward blocks; {name} is an "
+                         "online algorithm and keeps no blocks to recompute")
+    return Algorithm(name, readout or readout_of(name), bool(bias_trace), bool(checkpoint_blocks))
 
 
 def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +252,26 @@ def checked_batch(model: SNN, x, y) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.long()
 
 
+#: the algorithms `sequence_gradients` has run on each model, with their trace pools: a
+#: model's go when the model does
+_ALGORITHMS_OF: "weakref.WeakKeyDictionary[SNN, dict]" = weakref.WeakKeyDictionary()
+
+
 def sequence_gradients(name: str, model: SNN, x: torch.Tensor, y: torch.Tensor,
                        readout: str | None = None, bias_trace: bool = False) -> dict:
     """The offline sequence gradient of algorithm ``name`` at the model's current parameters,
     as {parameter name: tensor}; the parameters and their ``.grad`` are left untouched.
     x: (T, B, N_in) spike counts or 0/1 (any real dtype; used as the model's), y: (B,) class
-    indices."""
-    algorithm = build_algorithm(name, readout, bias_trace)
+    indices. The per-sample traces of the last call on this model, whatever its algorithm,
+    are kept for the next call (as an `Algorithm` keeps them), and freed with the model."""
+    key = (name, readout, bool(bias_trace))
+    kept = _ALGORITHMS_OF.setdefault(model, {})
+    algorithm = kept.get(key)
+    if algorithm is None:
+        algorithm = build_algorithm(name, readout, bias_trace)
+        if kept:  # one pool per model: it holds only the last call's traces
+            algorithm = replace(algorithm, traces=next(iter(kept.values())).traces)
+        kept[key] = algorithm
     x, y = checked_batch(model, x, y)
     grads, _ = algorithm.gradients(model, x, y)
     return {n: g for (n, _), g in zip(model.named_parameters(), grads)}

@@ -169,6 +169,8 @@ def trainer_state(trainer) -> dict:
         "best": trainer.best, "window": trainer.window, "align_sums": trainer.align_sums,
         "align_count": trainer.align_count, "skipped": trainer.skipped,
         "elapsed": trainer.wall_time(),
+        "time_sum": trainer.time_sum, "time_count": trainer.time_count,
+        "peak_mb": trainer.peak_mb,
         "wandb_run_id": trainer.wandb_run_id,
         "wandb_steps": trainer.logger.wandb_steps if hasattr(trainer, "logger")
         else trainer.wandb_steps,
@@ -198,6 +200,8 @@ def restore(trainer, path: Path) -> None:
         align_sums = dict(state.get("align_sums", {}))
         align_count, skipped = int(state.get("align_count", 0)), int(state.get("skipped", 0))
         elapsed = float(state.get("elapsed", 0.0))
+        timing = (float(state.get("time_sum", 0.0)), int(state.get("time_count", 0)),
+                  float(state.get("peak_mb", 0.0)))
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"checkpoint {path} does not fit this run ({detail}); it is kept "
@@ -207,6 +211,7 @@ def restore(trainer, path: Path) -> None:
     trainer.best, trainer.window = best, window
     trainer.align_sums, trainer.align_count = align_sums, align_count
     trainer.skipped, trainer.elapsed = skipped, elapsed
+    trainer.time_sum, trainer.time_count, trainer.peak_mb = timing
     trainer.wandb_run_id = state.get("wandb_run_id")
     trainer.wandb_steps = int(state.get("wandb_steps") or 0)
     trainer.saved_metrics = state.get("metrics")  # (None in checkpoints of earlier versions)

@@ -32,6 +32,14 @@ def reverse_scan(direct: torch.Tensor, decay) -> torch.Tensor:
     return fused if fused is not None else ops.reverse_scan(direct, decay)
 
 
+def membrane_adjoint(grad_s: torch.Tensor, psi: torch.Tensor, beta: float, threshold: float,
+                     after: torch.Tensor | None = None) -> torch.Tensor:
+    """`ops.membrane_adjoint`."""
+    fused = kernels.membrane_adjoint(grad_s, psi, beta, threshold, after)
+    return fused if fused is not None else ops.membrane_adjoint(grad_s, psi, beta, threshold,
+                                                                after)
+
+
 def suffix_products(decays: torch.Tensor) -> torch.Tensor:
     """`ops.suffix_products`."""
     fused = kernels.suffix_products(decays)

@@ -111,6 +111,7 @@ class AlgorithmConfig:
     name: AlgorithmName = MISSING
     readout: Optional[Readout] = MISSING
     bias_trace: bool = MISSING
+    checkpoint_blocks: bool = MISSING
 
 
 @dataclass
@@ -149,6 +150,8 @@ class TrainerConfig:
     eval_batch_size: int = MISSING
     on_nan: OnNan = MISSING
     progress: Progress = MISSING
+    overfit_batches: int = MISSING
+    profile: int = MISSING
 
 
 @dataclass
@@ -352,7 +355,8 @@ def validate(cfg) -> None:
     _positive("trainer.iterations", t.iterations)
     _positive("trainer.batch_size", t.batch_size)
     _positive("trainer.eval_batch_size", t.eval_batch_size)
-    for key in ("eval_every", "log_every", "align_every", "checkpoint_every"):
+    for key in ("eval_every", "log_every", "align_every", "checkpoint_every", "overfit_batches",
+                "profile"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     if cfg.logger.name == "wandb":
         _wandb_mode(cfg)
@@ -364,6 +368,10 @@ def validate(cfg) -> None:
     if t["update"] == "online" and a.name == "bptt":
         raise ConfigError("trainer.update=online is not defined for algorithm=bptt: "
                           "BPTT needs the whole sequence; use trainer.update=offline.")
+    if a.checkpoint_blocks and a.name != "bptt":
+        raise ConfigError(f"algorithm.checkpoint_blocks=true recomputes BPTT's forward blocks "
+                          f"and applies only to algorithm=bptt; {a.name} keeps no blocks, so "
+                          "leave it false.")
     if d.name in RANDMAN_DATASETS:
         _validate_randman(cfg)
     else:

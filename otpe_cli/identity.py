@@ -61,16 +61,18 @@ def fingerprint(cfg) -> dict:
 
     Free to change on resume: the number of iterations (to train a finished run further), how
     often to log, evaluate, align and checkpoint, what is aligned, the device, ``on_nan``,
-    progress and logger.
+    progress, profiling and logger.
     """
     dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in NOT_FINGERPRINTED}
     t = cfg.trainer
+    trainer = {"update": _text(t["update"]), "batch_size": t.batch_size, "seed": t.seed,
+               "dtype": _text(t.dtype)}
+    if OmegaConf.select(cfg, "trainer.overfit_batches"):  # (named only where it is used)
+        trainer["overfit_batches"] = t.overfit_batches
     return {
         "model": plain(cfg.model), "algorithm": plain(cfg.algorithm),
         "optimizer": plain(cfg.optimizer), "dataset": dataset,
-        "encoding": _text(cfg.encoding.name),
-        "trainer": {"update": _text(t["update"]), "batch_size": t.batch_size, "seed": t.seed,
-                    "dtype": _text(t.dtype)},
+        "encoding": _text(cfg.encoding.name), "trainer": trainer,
     }
 
 
@@ -78,11 +80,15 @@ def upgrade_fingerprint(saved: dict, current: dict) -> dict:
     """A fingerprint saved by an earlier version, as the settings it was made with:
     - ``bias_trace=true`` where no rule uses it (accepted before it was refused) changed nothing;
     - a Randman checkpoint without ``normalisation`` was made with the fixed one, where the size
-      of a per-draw training draw changes nothing."""
+      of a per-draw training draw changes nothing;
+    - ``checkpoint_blocks`` (BPTT's memory for time) gives the same gradients, so it may change
+      on resume, and a checkpoint made before it existed is one without it."""
     saved = dict(saved)
     algorithm = dict(saved.get("algorithm") or {})
     if algorithm.get("bias_trace") and not uses_bias_trace(algorithm.get("name")):
-        saved["algorithm"] = {**algorithm, "bias_trace": False}
+        algorithm["bias_trace"] = False
+    algorithm["checkpoint_blocks"] = current.get("algorithm", {}).get("checkpoint_blocks", False)
+    saved["algorithm"] = algorithm
     dataset = dict(saved.get("dataset") or {})
     if dataset.get("name") in RANDMAN_DATASETS and "normalisation" not in dataset:
         saved["dataset"] = {**dataset, "normalisation": "fixed",

@@ -2,14 +2,16 @@
 
 Without autograd (the online rules' pass, and evaluation) a layer's K steps in a block are a
 loop of small element-wise ops per step (`ops.membrane_step`), then the surrogate ψ over the
-block; the rules' leaky sums, reverse scans and suffix products are loops of small ops too. On
+block; the rules' leaky sums, reverse scans and suffix products, and BPTT's reverse scan
+through a layer's membranes (its backward pass, `bptt`), are loops of small ops too. On
 2 CPU cores their dispatch, not their arithmetic, is what costs. Each has a C++ loop here,
 built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~25 s
 once, then cached; it needs a C++ compiler and ninja).
 
-The membranes must equal those of BPTT's forward, which runs the plain ops with autograd, to
-the last bit (a rounding on the other side of θ changes a spike; see `snn.BLOCK_STEPS`). Each
-loop rounds every operation as its torch op does: I + β·u as one fused multiply-add, as ATen's
+The membranes must equal those of the plain ops, which BPTT's autograd reference
+(`algorithms.autograd_bptt_pass`) runs with autograd, to the last bit (a rounding on the other
+side of θ changes a spike; see `snn.BLOCK_STEPS`). Each loop rounds every operation as its
+torch op does: I + β·u as one fused multiply-add, as ATen's
 ``add(alpha=β)`` does on CPUs with FMA (the FMA instruction on CPUs with AVX2 and FMA, chosen
 at run time, the C library's exact ``fma`` elsewhere), nothing else contracted. When loaded,
 the kernels are checked against `ops` on random blocks in float32 and float64; if a single bit
@@ -135,6 +137,26 @@ static inline __attribute__((always_inline)) void suffix_steps(
   }
 }
 
+// BPTT's reverse scan through a layer's K steps (ops.membrane_adjoint): from g = ∂J/∂s and ψ
+// (K, P) and after (P), the λ of the step after the block, λ[k] = ∂J/∂v[k]: ∂J/∂u = β·λ[k+1]
+// (torch.mul), g − θ·∂J/∂u as fma(−θ, ∂J/∂u, g) (torch.sub(alpha=θ)), ∂J/∂u + ψ·(…) as
+// fma(ψ, …, ∂J/∂u) (torch.addcmul)
+template <typename T>
+static inline __attribute__((always_inline)) void adjoint_steps(
+    const T* __restrict grad_s, const T* __restrict psi, const T* __restrict after,
+    T* __restrict out, int64_t K, int64_t P, T beta, T theta) {
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const T* __restrict g = grad_s + k * P;
+    const T* __restrict q = psi + k * P;
+    const T* __restrict n = k + 1 < K ? out + (k + 1) * P : after;
+    T* __restrict o = out + k * P;
+    for (int64_t j = 0; j < P; ++j) {
+      T grad_u = beta * n[j];
+      o[j] = std::fma(q[j], std::fma(-theta, grad_u, g[j]), grad_u);
+    }
+  }
+}
+
 #define TWICE(NAME, BODY, ...)                                                        \
   template <typename T> FMA_TARGET static void NAME##_fma(__VA_ARGS__) BODY \
   template <typename T> static void NAME##_plain(__VA_ARGS__) BODY
@@ -146,6 +168,9 @@ TWICE(leaky, { leaky_steps<T>(state, inputs, out, K, P, decay); },
 TWICE(reverse, { reverse_steps<T>(direct, decay, out, K, R, P, scalar); },
       const T* direct, const T* decay, T* out, int64_t K, int64_t R, int64_t P, T scalar)
 TWICE(suffix, { suffix_steps<T>(decays, out, K, P); }, const T* decays, T* out, int64_t K, int64_t P)
+TWICE(adjoint, { adjoint_steps<T>(grad_s, psi, after, out, K, P, beta, theta); },
+      const T* grad_s, const T* psi, const T* after, T* out, int64_t K, int64_t P, T beta,
+      T theta)
 
 // state (P) is left at the last step; returns every step, (K, P)
 torch::Tensor leaky_sum(torch::Tensor state, torch::Tensor inputs, double decay) {
@@ -185,6 +210,19 @@ torch::Tensor suffix_products(torch::Tensor decays) {
   return out;
 }
 
+// λ (K, P) from grad_s and psi (K, P) and after (P)
+torch::Tensor membrane_adjoint(torch::Tensor grad_s, torch::Tensor psi, torch::Tensor after,
+                               double beta, double theta) {
+  auto out = torch::empty_like(grad_s);
+  int64_t K = grad_s.size(0), P = after.numel();
+  AT_DISPATCH_FLOATING_TYPES(grad_s.scalar_type(), "membrane_adjoint", [&] {
+    auto run = has_fma() ? adjoint_fma<scalar_t> : adjoint_plain<scalar_t>;
+    run(grad_s.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(), after.data_ptr<scalar_t>(),
+        out.data_ptr<scalar_t>(), K, P, (scalar_t)beta, (scalar_t)theta);
+  });
+  return out;
+}
+
 std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, double beta,
                                      double theta, double slope) {
   auto spikes = torch::empty_like(current);
@@ -202,7 +240,8 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
 #: -ffp-contract=off: no multiply-add the plain ops do not make; -fno-trapping-math lets the
 #: comparison vectorise (it changes no result)
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
-_FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products"]
+_FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products",
+              "membrane_adjoint"]
 #: seconds to wait for another process's build before running the plain ops
 DEFAULT_WAIT_S = 300.0
 
@@ -259,6 +298,13 @@ def _check(module) -> str | None:
                 ("scalar reverse scan", ops.reverse_scan(direct, 0.95),
                  module.reverse_scan(direct, None, 0.95, 1)),
                 ("suffix products", ops.suffix_products(decays), module.suffix_products(decays))]
+            grad_s, zero = rand(*shape) * 0.1, torch.zeros(shape[1:], dtype=dtype)
+            for after, theta in ((state, 1.0), (None, 0.7)):
+                pairs.append((f"membrane adjoint (θ = {theta})",
+                              ops.membrane_adjoint(grad_s, want[3], 0.95, theta, after),
+                              module.membrane_adjoint(grad_s, want[3],
+                                                      zero if after is None else after, 0.95,
+                                                      theta)))
             for name, a, b in pairs:
                 if not torch.equal(a, b):
                     return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
@@ -402,6 +448,20 @@ def reverse_scan(direct: torch.Tensor, decay):
 def suffix_products(decays: torch.Tensor):
     """`ops.suffix_products` fused, or None: run the plain op."""
     return _module.suffix_products(decays) if _ready(decays) else None
+
+
+def membrane_adjoint(grad_s: torch.Tensor, psi: torch.Tensor, beta: float, theta: float,
+                     after: torch.Tensor | None = None):
+    """`ops.membrane_adjoint` fused (BPTT's reverse scan through a layer's block), or None:
+    run the plain op."""
+    if grad_s.shape != psi.shape or grad_s.dim() < 1 or (after is not None
+                                                          and after.shape != psi.shape[1:]):
+        return None
+    if after is None:
+        after = torch.zeros(psi.shape[1:], dtype=psi.dtype, device=psi.device)
+    if not _ready(grad_s, psi, after):
+        return None
+    return _module.membrane_adjoint(grad_s, psi, after, beta, theta)
 
 
 def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,

@@ -199,6 +199,11 @@ class ConsoleProgress:
         out.print(f"run directory: {run_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
+#: the share of test samples without an output spike from which the console line shows it,
+#: and from which a run ends with a warning
+SILENT_SHOWN, SILENT_WARNED = 0.1, 0.5
+
+
 def status_line(row: dict) -> str:
     parts = []
     for key, label in (("train/loss", "loss"), ("train/acc", "acc"), ("val/acc", "val"),
@@ -206,7 +211,19 @@ def status_line(row: dict) -> str:
                        ("time/iter_s", "s/it")):
         if row.get(key) is not None:
             parts.append(f"{label} {row[key]:.3f}")
+        if key == "test/acc" and (row.get("test/silent") or 0) >= SILENT_SHOWN:
+            parts[-1] += f" ({row['test/silent']:.0%} silent)"
     return "  ".join(parts)
+
+
+def silent_output_warning(summary: dict) -> str | None:
+    """A sentence when many test samples got no output spike (each counts as wrong)."""
+    share = summary.get("test/silent")
+    if share is None or share < SILENT_WARNED:
+        return None
+    return (f"{share:.0%} of the test samples got no output spike, and a sample without one "
+            "counts as wrong (SPEC §1): the output layer is mostly silent at the end of this "
+            "run — train longer, or raise optimizer.lr or lower model.threshold")
 
 
 class RunLogger:

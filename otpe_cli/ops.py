@@ -66,6 +66,33 @@ def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
     return s, u
 
 
+def membrane_adjoint(grad_s: torch.Tensor, psi: torch.Tensor, beta: float, threshold: float,
+                     after: torch.Tensor | None = None) -> torch.Tensor:
+    """BPTT's reverse scan through one layer's K steps of a block (SPEC §1): λ_k = ∂J/∂v_k
+    from the surrogates ψ_k = ψ(v_k) (K, …) and g_k = ∂J/∂s_k (K, …), the error that reaches
+    the spikes from the layer above and the loss at the same step (everything but the reset).
+
+    u_k = v_k − θ·s_k feeds only v_{k+1} = β·u_k + I_{k+1}, so ∂J/∂u_k = β·λ_{k+1}; v_k reaches
+    J through u_k directly and through s_k = H(v_k − θ) (dH/dv taken as ψ_k), which moves u_k
+    by −θ and everything above by g_k:
+
+        λ_k = β·λ_{k+1} + ψ_k·(g_k − θ·β·λ_{k+1}),   λ_K = ``after`` (the first λ of the next
+                                                        block; 0 at the end of the sequence)
+
+    Per step three ops, each rounded once: ∂J/∂u_k = β·λ_{k+1}, then g_k − θ·∂J/∂u_k and the
+    multiply-add with ψ_k (as ATen's ``sub(alpha=)`` and ``addcmul`` round them). Returns λ,
+    (K, …)."""
+    out = torch.empty_like(grad_s)
+    grad_u = torch.empty_like(grad_s[0])
+    following = torch.zeros_like(grad_s[0]) if after is None else after
+    for k in range(grad_s.shape[0] - 1, -1, -1):
+        torch.mul(following, beta, out=grad_u)
+        torch.sub(grad_s[k], grad_u, alpha=threshold, out=out[k])
+        torch.addcmul(grad_u, psi[k], out[k], out=out[k])
+        following = out[k]
+    return out
+
+
 def leaky_scalars(state: float, decay: float, inputs) -> list[float]:
     """`leaky_sum` for a scalar state and K scalar inputs: the K values."""
     out = []

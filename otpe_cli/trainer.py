@@ -24,8 +24,10 @@ from .data import build_dataset
 from .errors import NonFiniteError
 from .identity import config_choices, describe_differences, settings
 from .launch.signals import Interrupted, StopRequest, recording
-from .logs import RunLogger, SUMMARY_NAME, ensure_writable, read_metrics
+from .logs import (RunLogger, SUMMARY_NAME, ensure_writable, read_metrics,
+                   silent_output_warning)
 from .memory import check_memory
+from .optim import Optimizer
 from .snn import SNN
 
 log = logging.getLogger("otpe-train")
@@ -50,15 +52,52 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(str(name))
 
 
-def build_optimizer(cfg, params):
-    if cfg.name == "adamax":
-        return torch.optim.Adamax(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+def build_optimizer(cfg, params) -> Optimizer:
+    """The configured optimizer (`optim`: torch's update arithmetic, without torch.optim's
+    per-step hooks; online mode steps at every time step)."""
+    return Optimizer(str(cfg.name), params, lr=cfg.lr, betas=cfg.get("betas"),
+                     weight_decay=cfg.weight_decay, momentum=cfg.get("momentum"))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's memory high-water mark so far: CUDA's maximum allocated on a GPU, else the
+    peak resident set (Linux ru_maxrss, in KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Profile:
+    """``trainer.profile=N``: torch.profiler over iterations ``first`` … ``first`` + N − 1
+    (the first iteration is left out: it warms caches), written to the run directory as
+    ``profile.txt`` (the ops by self CPU time) and ``trace.json`` (for chrome://tracing or
+    Perfetto)."""
+
+    def __init__(self, run_dir: Path, first: int, count: int, device: torch.device):
+        self.run_dir, self.first, self.last = run_dir, first, first + count - 1
+        self.device, self.profiler = device, None
+        self.on = count > 0
+
+    def before(self, step: int) -> None:
+        if self.on and step == self.first:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+
+    def after(self, step: int) -> None:
+        if self.profiler is None or step < self.last:
+            return
+        profiler, self.profiler, self.on = self.profiler, None, False
+        profiler.__exit__(None, None, None)
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        (self.run_dir / "profile.txt").write_text(table + "\n")
+        profiler.export_chrome_trace(str(self.run_dir / "trace.json"))
+        log.info("profiled iterations %d-%d: %s (ops by self CPU time) and %s", self.first,
+                 self.last, self.run_dir / "profile.txt", self.run_dir / "trace.json")
 
 
 class Trainer:
@@ -74,7 +113,8 @@ class Trainer:
                              f"({self.data.train_size} samples): choose trainer.batch_size="
                              f"{self.data.train_size} or less.")
         sizes = [self.data.num_inputs] + [m.width] * (m.depth - 1) + [self.data.num_classes]
-        self.algorithm = build_algorithm(str(a.name), a.readout and str(a.readout), a.bias_trace)
+        self.algorithm = build_algorithm(str(a.name), a.readout and str(a.readout), a.bias_trace,
+                                         checkpoint_blocks=a.checkpoint_blocks)
         #: the authors' protocol: more rules' gradients aligned at this run's parameters
         self.aligned = [build_algorithm(str(name)) for name in t.align_with]
         # before the model: its weights alone may not fit
@@ -86,6 +126,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.batch_gen = torch.Generator().manual_seed(t.seed + 1)
+        self.fixed_batches = None  # trainer.overfit_batches: the batches trained on again
         self.log_now, self.eval_now = Every(t.log_every), Every(t.eval_every)
         self.align_now, self.checkpoint_now = Every(t.align_every), Every(t.checkpoint_every)
         self.stop = StopRequest()  # the stop signal that has arrived, if any (train() installs it)
@@ -96,6 +137,8 @@ class Trainer:
         self.align_count = 0
         self.skipped = 0
         self.elapsed = 0.0
+        self.time_sum, self.time_count = 0.0, 0  # iteration times, for the mean time/iter_s
+        self.peak_mb = 0.0                        # memory/peak_mb over every start of the run
         self.wandb_run_id = None
         self.wandb_steps = 0      # rows W&B has been sent (its history steps)
         self.saved_metrics = None  # the checkpoint's copy of metrics.jsonl up to its iteration
@@ -112,13 +155,26 @@ class Trainer:
         self.checkpoint_iteration = self.iteration
 
     # ----------------------------------------------------------------- one iteration
+    def _batch(self):
+        """A fresh training batch, or with ``trainer.overfit_batches=N`` the first N batches of
+        the seed in turn (the same ones after a resume)."""
+        t = self.cfg.trainer
+        if not t.overfit_batches:
+            return self.data.train_batch(t.batch_size, self.batch_gen)
+        if self.fixed_batches is None:
+            gen = torch.Generator().manual_seed(t.seed + 1)
+            self.fixed_batches = [self.data.train_batch(t.batch_size, gen)
+                                  for _ in range(t.overfit_batches)]
+        return self.fixed_batches[self.iteration % t.overfit_batches]
+
     def _check_finite(self, loss: float, grads, count: bool = True) -> bool:
         """True when the loss and every gradient are finite. Otherwise ``on_nan=stop`` raises
         NonFiniteError (nothing is saved: checkpoint.pt keeps the last good state) and
         ``on_nan=skip`` counts the skipped update (when ``count``) and returns False."""
-        # one device sync for all tensors (this runs every time step in online mode)
+        # one device sync, few ops for all tensors (this runs every time step in online mode);
+        # the largest magnitude is NaN or inf exactly when some entry is, and never overflows
         if math.isfinite(loss) and (not grads or bool(
-                torch.stack([torch.isfinite(g).all() for g in grads]).all())):
+                torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())):
             return True
         bad = [n for n, g in zip(self.param_names, grads) if not bool(torch.isfinite(g).all())]
         if self.cfg.trainer.on_nan == "stop":
@@ -138,9 +194,7 @@ class Trainer:
         return False
 
     def _apply(self, grads) -> None:
-        for p, g in zip(self.model.parameters(), grads):
-            p.grad = g
-        self.optimizer.step()
+        self.optimizer.step(grads)
 
     def _as_dict(self, grads) -> dict:
         return dict(zip(self.param_names, grads))
@@ -198,15 +252,17 @@ class Trainer:
         n = self.cfg.trainer.eval_batch_size
         readout = self.algorithm.readout
         for split, (xs, ys) in self.data.splits.items():
-            loss_sum, correct = 0.0, 0
+            loss_sum, correct, silent = 0.0, 0, 0
             for start in range(0, len(ys), n):
                 x = xs[:, start:start + n].to(self.device, self.dtype)
                 y = ys[start:start + n].to(self.device)
                 stats = self.model.evaluate(x, y, readout)
                 loss_sum += stats.loss * len(y)
                 correct += int(stats.correct(y).sum())
+                silent += int((stats.counts.sum(1) == 0).sum())  # no output spike: wrong
             out[f"{split}/loss"] = loss_sum / len(ys)
             out[f"{split}/acc"] = correct / len(ys)
+            out[f"{split}/silent"] = silent / len(ys)
         self._track_best(out)
         return out
 
@@ -253,11 +309,11 @@ class Trainer:
         repaired = self.logger.metrics.resume(self.iteration, self.saved_metrics)
         if repaired:
             log.warning(repaired)
-        self.logger.drop_stale_summary()  # this run is under way again
         ckpt.remove_stale_temporaries(self.checkpoint_path)
         self.data.prepare()  # a test set drawn on first use is not the first iteration's time
         if self.device.type == "cpu":  # built (or waited for) before the loop, where a stop
             kernels.load()             # signal still stops the start-up at once
+        self.logger.drop_stale_summary()  # under way again (a stop before this keeps it)
         self._t0 = time.time()
         with recording(self.stop):
             try:
@@ -272,24 +328,28 @@ class Trainer:
     def _loop(self) -> dict:
         t = self.cfg.trainer
         last_eval: dict = {}
+        profiler = Profile(self.run_dir, first=2, count=t.profile, device=self.device)
         while self.iteration < t.iterations:
             if self.stop.signum is not None:
                 self.save_checkpoint()
                 self.logger.write_summary(self._summary("interrupted"))
                 raise Interrupted(self.stop.signum)
-            tic = time.perf_counter()
-            x, y = self.data.train_batch(t.batch_size, self.batch_gen)
-            x, y = x.to(self.device, self.dtype), y.to(self.device)
             step = self.iteration + 1  # the iteration this batch makes, as logged
+            profiler.before(step)
+            tic = time.perf_counter()
+            x, y = self._batch()
+            x, y = x.to(self.device, self.dtype), y.to(self.device)
             last = step == t.iterations
             align = t.align_every > 0 and (step == 1 or last or self.align_now(step))
             row = self.train_step(x, y, align)
             self.iteration = step
             row["time/iter_s"] = time.perf_counter() - tic
+            profiler.after(step)
             aligned = self._record(row)
             evaluate = last or self.eval_now(step)
             if evaluate or aligned or self.log_now(step):
-                out = {"iter": step, **self._window_flush(), **aligned}
+                out = {"iter": step, **self._window_flush(), **aligned,
+                       "memory/peak_mb": self._peak_mb()}
                 if evaluate:
                     last_eval = self.evaluate()
                     out.update(last_eval)
@@ -301,9 +361,15 @@ class Trainer:
                 self.save_checkpoint()
         return last_eval
 
+    def _peak_mb(self) -> float:
+        self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
+        return self.peak_mb
+
     def _record(self, row: dict) -> dict:
-        """Add an iteration's row to the logging window and its alignment to the run's sums;
-        returns its alignment measures (empty if it made none)."""
+        """Add an iteration's row to the logging window, its time and its alignment to the
+        run's sums; returns its alignment measures (empty if it made none)."""
+        self.time_sum += row["time/iter_s"]
+        self.time_count += 1
         aligned = {k: v for k, v in row.items() if k.startswith("align/")}
         for k, v in row.items():
             if k not in aligned:
@@ -336,8 +402,10 @@ class Trainer:
         for row in read_metrics(self.logger.metrics.path):
             summary.update(row)
         summary.update(last_eval or {})
-        summary = {k: v for k, v in summary.items() if not k.startswith("time/")}
         summary.update(self.best)
+        if self.time_count:  # the run's means and peaks, over every start of it
+            summary["time/iter_s"] = self.time_sum / self.time_count
+        summary["memory/peak_mb"] = self._peak_mb()
         summary.update({f"align_mean/{k[len('align/'):]}": s / self.align_count
                         for k, s in self.align_sums.items()})
         summary.update({"iter": self.iteration, "status": status,
@@ -349,9 +417,13 @@ class Trainer:
         summary = self._summary("finished", last_eval or self.evaluate())
         self.save_checkpoint()
         table = {k: summary[k] for k in ("train/loss", "train/acc", "val/acc", "test/acc",
-                                         "best/test_acc", "best/val_acc",
+                                         "test/silent", "best/test_acc", "best/val_acc",
                                          "best/test_acc_at_best_val", "align/cos/global",
-                                         "align_mean/cos/global", "wall_time_s")
+                                         "align_mean/cos/global", "time/iter_s",
+                                         "memory/peak_mb", "wall_time_s")
                  if k in summary}
+        silent = silent_output_warning(summary)
+        if silent:
+            log.warning(silent)
         self.logger.finish(summary, table)
         return summary

@@ -12,8 +12,11 @@ training: without an API key or network the run logs offline (one line says how 
   (``resume_from="<id>?_step=<steps − 1>"``), so that the rows it makes again after a kill are
   in W&B once. Where the server refuses the rewind, it continues the run as it is
   (``resume="allow"``).
-- Step axis: the trainer's iteration (``define_metric(..., step_metric="iter")``); accuracies
-  keep their best value in the summary (``summary="max"``), the final ones go to ``final/<key>``.
+- Step axis: the trainer's iteration (``define_metric(..., step_metric="iter")``).
+- Summary: summary.json's keys and values, so one name means one thing everywhere: a metric's
+  own key is its final value (``test/acc``), ``best/…`` the best one and where it was
+  (``best/test_acc``, ``best/test_acc_iter``, ``best/test_acc_at_best_val``), ``align_mean/…``
+  the mean over the run's alignment steps, and ``status`` how the run ended.
 """
 from __future__ import annotations
 
@@ -37,8 +40,6 @@ PROBE_TIMEOUT_S = 3.0
 #: with a proxy the server may be reachable although a direct connection is not: no probe
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                    "all_proxy")
-#: summary keys that W&B keeps as their maximum over the run (the final value is ``final/<key>``)
-BEST_IS_MAX = ("/acc",)
 
 
 def new_run_id() -> str:
@@ -90,7 +91,6 @@ class WandbLogger:
         self.run = None
         self.mode = str(cfg.logger.mode)
         self.quiet = cfg.trainer.progress == "none"  # wandb's own lines too; warnings stay
-        self._defined: set[str] = set()
         try:
             import wandb
         except Exception as exc:  # a broken install must not stop training
@@ -209,20 +209,11 @@ class WandbLogger:
         except Exception as exc:
             self._lost(exc)
 
-    def _define(self, key: str) -> None:
-        """Accuracies keep their best value in the summary (other keys: the glob's last)."""
-        self._defined.add(key)
-        if key.endswith(BEST_IS_MAX):
-            self.run.define_metric(key, step_metric="iter", summary="max")
-
     # ------------------------------------------------------------------ logging
     def log(self, row: dict) -> None:
         if self.run is None:
             return
         try:
-            for key in row:
-                if key not in self._defined:
-                    self._define(key)
             self.run.log({k: v for k, v in row.items() if v is not None})
             self.steps += 1
         except Exception as exc:
@@ -236,9 +227,8 @@ class WandbLogger:
             return
         run, self.run = self.run, None
         try:
-            final = {f"final/{k}" if k.endswith(BEST_IS_MAX) else k: v
-                     for k, v in summary.items() if k not in ("config", "settings")
-                     and v is not None}
+            final = {k: v for k, v in summary.items()
+                     if k not in ("config", "settings") and v is not None}
             final["status"] = ("interrupted" if preempted else "failed" if failed
                                else summary.get("status", "finished"))
             run.summary.update(final)  # the config is the run's config already

@@ -10,7 +10,10 @@ step) for every algorithm, interleaving the algorithms within each repeat and re
 so that machine noise hits all of them alike. It also times the memory-traffic floor of the
 N_out × N_in traces (bare tensor ops that read and write each trace once per step) and measures
 peak memory as T grows (each point in a fresh subprocess, peak RSS above a baseline process, or
-peak CUDA memory on a GPU). Prints ratios; nothing here is asserted.
+peak CUDA memory on a GPU). BPTT is also timed against a plain per-step autograd BPTT of the
+same equations written here, and against its own matrix products alone (its floor); the memory
+table holds BPTT with algorithm.checkpoint_blocks=true beside the online rules, with the time
+of each point. Prints ratios; nothing here is asserted.
 """
 from __future__ import annotations
 
@@ -24,21 +27,29 @@ import time
 import torch
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels
-from otpe_cli.algorithms import _flushing_denormals
+from otpe_cli.algorithms import _flushing_denormals, autograd_bptt_pass
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.rules import RULES
-from otpe_cli.ops import advance_trace, contract_batch
+from otpe_cli.ops import advance_trace, contract_batch, membrane_step
 from otpe_cli.rules.base import TracePool
 
 #: drawing a training batch on the paper's task (per-draw normalisation): at most this share
-#: of OTPE's sequence gradient (issue 17)
+#: of OTPE's sequence gradient
 DRAW_TARGET = 1 / 3
-TARGETS = {  # issue 3's targets, as (numerator, denominator, bound)
+#: the O(n)-state rules about as fast as BPTT, OTPE at most 1.6× OSTL: (numerator,
+#: denominator, bound)
+TARGETS = {
     "ottt": ("ottt", "bptt", 1.3),
     "approx_otpe": ("approx_otpe", "bptt", 1.3),
     "otpe": ("otpe", "ostl", 1.6),
 }
+#: BPTT (otpe_cli.bptt) against a plain per-step autograd BPTT of the same equations
+BPTT_TARGET = 0.35
+#: a training iteration with trainer.update=online against the same iteration offline
+ONLINE_TARGET = 1.6
+#: the memory table's name for BPTT with algorithm.checkpoint_blocks=true
+CHECKPOINTED = "bptt:checkpoint_blocks"
 
 
 def make_data(args, encoding="rate", normalisation="per_draw"):
@@ -131,6 +142,60 @@ def product_work(model, batch, steps, device, traces):
     return time.perf_counter() - tic
 
 
+def plain_bptt(model, x, y):
+    """A plain per-step autograd BPTT of the same equations (SPEC §1), what BPTT's own
+    backward is measured against: a loop over t of every layer's LIF step, its input current
+    a matrix product of its own, all recorded by autograd, then ``torch.autograd.grad``."""
+    params = list(model.parameters())
+    T, B, _ = x.shape
+    with torch.enable_grad():
+        us = [x.new_zeros(B, layer.n_out) for layer in model.layers]
+        logits = []
+        for t in range(T):
+            a = x[t]
+            for i, layer in enumerate(model.layers):
+                current = torch.addmm(layer.bias, a, layer.weight.t())
+                _, a, us[i] = membrane_step(us[i], current, model.beta, model.threshold,
+                                            model.slope)
+            logits.append(a)
+        loss = model.sequence_loss(torch.stack(logits), y)
+        return torch.autograd.grad(loss, params)
+
+
+def bptt_product_work(model, batch, steps, device):
+    """Only BPTT's matrix products (otpe_cli.bptt), bare, on random operands of the same
+    shapes and in the same blocks: each layer's input currents in the forward, and in the
+    backward each layer's ∂J/∂W = Σ λ aᵀ and the error it sends down, Wᵀλ (none below the
+    first layer): BPTT's floor."""
+    block = block_steps(steps)
+    layers = model.layers
+    with torch.no_grad():
+        acts = [torch.rand(block, batch, n, device=device) for n in model.sizes]
+        grads = [torch.zeros_like(layer.weight) for layer in layers]
+        sync(device)
+        tic = time.perf_counter()
+        for t in range(0, steps, block):
+            k = min(block, steps - t)
+            for layer, a in zip(layers, acts):
+                torch.addmm(layer.bias, a[:k].flatten(0, 1), layer.weight.t())
+        for t in range(0, steps, block):
+            k = min(block, steps - t)
+            for i in range(len(layers) - 1, -1, -1):
+                lam = acts[i + 1][:k].flatten(0, 1)
+                grads[i].addmm_(lam.t(), acts[i][:k].flatten(0, 1))
+                if i:
+                    lam @ layers[i].weight
+        sync(device)
+    return time.perf_counter() - tic
+
+
+def problem_batch(args, device):
+    """The timed batch: one training batch of the Randman problem."""
+    data, gen, _ = make_problem(args, device)
+    x, y = data.train_batch(args.batch, gen)
+    return x.to(device, torch.float32), y.to(device)
+
+
 def timing(args, device):
     data, gen, model = make_problem(args, device)
     x, y = data.train_batch(args.batch, gen)
@@ -151,8 +216,18 @@ def timing(args, device):
     draw_t = {name: [] for name in sources}
     product_traces = [torch.zeros(args.batch, layer.n_out, layer.n_in, device=device)
                       for layer in model.layers] if "ostl" in algs else None
+    bptt_runs = {  # BPTT beside what it is measured against (only if BPTT is timed)
+        "plain per-step autograd": lambda: plain_bptt(model, x, y),
+        "autograd through SNN.forward": lambda: autograd_bptt_pass(model, x, y, "spikes"),
+        "checkpoint_blocks": lambda: build_algorithm("bptt", checkpoint_blocks=True).gradients(
+            model, x, y),
+        "matrix products": lambda: bptt_product_work(model, args.batch, args.steps, device),
+    } if "bptt" in algs else {}
+    bptt_t = {name: [] for name in bptt_runs}
     for name, alg in algs.items():  # warm-up
         alg.gradients(model, x, y)
+    for run in bptt_runs.values():
+        run()
     for rep in range(args.repeats):
         for name, alg in algs.items():
             sync(device)
@@ -178,6 +253,13 @@ def timing(args, device):
         if product_traces is not None:
             products_t.append(product_work(model, args.batch, args.steps, device,
                                            product_traces))
+        for name, run in bptt_runs.items():
+            sync(device)
+            tic = time.perf_counter()
+            seconds = run()
+            sync(device)
+            bptt_t[name].append(seconds if name == "matrix products"
+                                else time.perf_counter() - tic)
         for name, source in sources.items():
             tic = time.perf_counter()
             source.train_batch(args.batch, gen)
@@ -187,16 +269,94 @@ def timing(args, device):
     return ({n: med(v) for n, v in grad_t.items()}, {n: med(v) for n, v in iter_t.items()},
             med(floor_t), med(floor2_t) if floor2_t else None,
             {n: med(v) for n, v in rule_t.items()}, med(products_t) if products_t else None,
-            {n: med(v) for n, v in draw_t.items()})
+            {n: med(v) for n, v in draw_t.items()}, {n: med(v) for n, v in bptt_t.items()})
 
 
-def peak_memory_point(args, alg: str, steps: int, device: str) -> float:
+def online_product_work(model, x):
+    """Only the matrix products an online pass must do, one time step at a time (the
+    parameters change at every step, so no block can batch them): each layer's input current,
+    its gradient's outer product over the batch and the error it sends down, bare, on random
+    operands of the step's shapes."""
+    with torch.no_grad():
+        acts = [torch.rand(x.shape[1], n, device=x.device) for n in model.sizes]
+        grads = [torch.zeros_like(layer.weight) for layer in model.layers]
+        for _ in range(len(x)):
+            for layer, a in zip(model.layers, acts):
+                torch.addmm(layer.bias, a, layer.weight.t())
+            for i in range(len(model.layers) - 1, -1, -1):
+                grads[i].addmm_(acts[i + 1].t(), acts[i])
+                if i:
+                    acts[i + 1] @ model.layers[i].weight
+
+
+def api_and_online_timing(args, device, x, y):
+    """What users call, per rule: ``sequence_gradients`` beside ``Algorithm.gradients`` on the
+    same model, and a training iteration of the trainer itself (``Trainer.train_step``, the
+    loop of ``otpe-train``: finite checks, the optimizer) offline and with
+    ``trainer.update=online`` (an Adamax step at every time step), on the same batch, the
+    rules interleaved within each repeat. Medians (s)."""
+    import tempfile
+
+    from otpe_cli import sequence_gradients
+    from otpe_cli.config import compose
+    from otpe_cli.trainer import Trainer
+
+    rules = [name for name in args.algorithms if name != "bptt"]
+    model = SNN([args.inputs] + [args.width] * (args.depth - 1) + [10],
+                generator=torch.Generator().manual_seed(0)).to(device)
+    algs = {name: build_algorithm(name) for name in rules}
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in rules:
+            cfg = compose([f"algorithm={name}", f"dataset.num_steps={args.steps}",
+                           f"dataset.num_units={args.inputs}", f"model.depth={args.depth}",
+                           f"model.width={args.width}", f"trainer.batch_size={args.batch}",
+                           f"trainer.device={args.device}", "optimizer.lr=1e-9"])
+            trainers[name] = Trainer(cfg, f"{tmp}/{name}")
+    runs = {}
+    for name in rules:
+        runs[("sequence_gradients", name)] = lambda n=name: sequence_gradients(n, model, x, y)
+        runs[("Algorithm.gradients", name)] = lambda n=name: algs[n].gradients(model, x, y)
+        for update in ("offline", "online"):
+            def step(n=name, u=update):
+                trainers[n].cfg.trainer.update = u
+                trainers[n].train_step(x, y, align=False)
+            runs[(update, name)] = step
+    runs[("online floor", "matrix products")] = lambda: online_product_work(model, x)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-9, foreach=True)
+
+    def adamax_steps():
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        for _ in range(len(x)):
+            optimizer.step()
+    runs[("online floor", "Adamax steps")] = adamax_steps
+    times = {key: [] for key in runs}
+    for run in runs.values():  # warm-up
+        run()
+    for rep in range(args.repeats):
+        for key, run in runs.items():
+            sync(device)
+            tic = time.perf_counter()
+            run()
+            sync(device)
+            times[key].append(time.perf_counter() - tic)
+        print(f"  API/online repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def peak_memory_point(args, alg: str, steps: int, device: str) -> tuple[float, float]:
     """Peak memory (MiB) one sequence_gradients call adds at T = steps, in a fresh process
-    (Linux: peak RSS reset through /proc/self/clear_refs just before the call)."""
+    (Linux: peak RSS reset through /proc/self/clear_refs just before the call), and the
+    median time (s) of three more calls there. ``alg`` may be `CHECKPOINTED`: BPTT with
+    algorithm.checkpoint_blocks=true."""
+    name, _, option = alg.partition(":")
     code = f"""
-import resource, sys, torch, json
+import resource, statistics, sys, time, torch, json
 from otpe_cli import SNN, build_algorithm, kernels
 kernels._ready(torch.zeros(1))  # (built and loaded once per process: not the gradient's memory)
+if {args.threads}:
+    torch.set_num_threads({args.threads})
 dev = torch.device({device!r})
 sizes = [{args.inputs}] + [{args.width}] * ({args.depth} - 1) + [10]
 model = SNN(sizes, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -213,14 +373,25 @@ before = status("VmRSS")
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-build_algorithm({alg!r}).gradients(model, x, y)
+algorithm = build_algorithm({name!r}, checkpoint_blocks={option == "checkpoint_blocks"})
+algorithm.gradients(model, x, y)
 peak = status("VmHWM")
 cuda = (torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda" else None
-print(json.dumps({{"rss_mib": (peak - before) / 1024, "cuda_mib": cuda}}))
+times = []
+for _ in range(3):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    algorithm.gradients(model, x, y)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    times.append(time.perf_counter() - tic)
+print(json.dumps({{"rss_mib": (peak - before) / 1024, "cuda_mib": cuda,
+                  "seconds": statistics.median(times)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    return res["cuda_mib"] if res["cuda_mib"] is not None else res["rss_mib"]
+    return res["cuda_mib"] if res["cuda_mib"] is not None else res["rss_mib"], res["seconds"]
 
 
 def main(argv=None):
@@ -240,9 +411,10 @@ def main(argv=None):
                    help="the T of each peak-memory point (default 50 200 800); the flag "
                         "with no value skips the memory table")
     p.add_argument("--memory-algorithms", nargs="+",
-                   default=["bptt", "ottt", "approx_otpe", "ostl", "otpe"],
-                   help="algorithms in the memory table (default: bptt ottt approx_otpe ostl "
-                        "otpe)")
+                   default=["bptt", CHECKPOINTED, "ottt", "approx_otpe", "ostl", "otpe"],
+                   help=f"algorithms in the memory table ({CHECKPOINTED}: BPTT with "
+                        f"algorithm.checkpoint_blocks=true; default: bptt {CHECKPOINTED} ottt "
+                        "approx_otpe ostl otpe)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -251,7 +423,7 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor, floor2, rule_t, products, draw_t = timing(args, device)
+    grad_t, iter_t, floor, floor2, rule_t, products, draw_t, bptt_t = timing(args, device)
     print(f"fused CPU kernels (otpe_cli.kernels): {kernels.status()}")
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
@@ -284,6 +456,17 @@ def main(argv=None):
         if num in grad_t and den in grad_t:
             print(f"{num} / {den}: {grad_t[num] / grad_t[den]:.2f}   (target ≤ {bound}; "
                   f"training iteration: {iter_t[num] / iter_t[den]:.2f})")
+    if bptt_t:
+        bptt = grad_t["bptt"]
+        print(f"\nbptt / plain per-step autograd BPTT: "
+              f"{bptt / bptt_t['plain per-step autograd']:.2f}   (target ≤ {BPTT_TARGET}; "
+              f"{bptt_t['plain per-step autograd']:.4f} s)")
+        print(f"BPTT / its matrix products: {bptt / bptt_t['matrix products']:.2f}   (the "
+              f"forward's input currents, ∂J/∂W and the error sent down; bare, same shapes and "
+              f"blocks: {bptt_t['matrix products']:.4f} s)")
+        print(f"bptt with checkpoint_blocks / bptt: {bptt_t['checkpoint_blocks'] / bptt:.2f};  "
+              f"autograd through SNN.forward / bptt: "
+              f"{bptt_t['autograd through SNN.forward'] / bptt:.2f}")
     print(f"\ndrawing a training batch of {args.batch} (on the CPU)")
     for name, seconds in draw_t.items():
         share = f"{seconds / grad_t['otpe']:.2f}× OTPE's gradient" if "otpe" in grad_t else ""
@@ -292,20 +475,48 @@ def main(argv=None):
         worst = max(v for k, v in draw_t.items() if k.startswith("per_draw"))
         print(f"per-draw batch / OTPE sequence gradient: {worst / grad_t['otpe']:.2f}   "
               f"(target ≤ {DRAW_TARGET:.2f})")
-    memory = {}
+    api = api_and_online_timing(args, device, *problem_batch(args, device))
+    rules = [name for name in args.algorithms if name != "bptt"]
+    print(f"\n{'rule':<15}{'sequence_gradients s':>22}{'/ Algorithm.gradients':>23}"
+          f"{'train_step offline s':>22}{'online s':>10}{'online / offline':>18}")
+    for name in rules:
+        seq, alg = api[("sequence_gradients", name)], api[("Algorithm.gradients", name)]
+        off, on = api[("offline", name)], api[("online", name)]
+        print(f"{name:<15}{seq:>22.4f}{seq / alg:>23.2f}{off:>22.4f}{on:>10.4f}"
+              f"{on / off:>18.2f}")
+    if "otpe" in rules and "ostl" in rules:
+        print(f"otpe / ostl through sequence_gradients: "
+              f"{api[('sequence_gradients', 'otpe')] / api[('sequence_gradients', 'ostl')]:.2f}"
+              f"   (target ≤ {TARGETS['otpe'][2]})")
+    worst = max(rules, key=lambda n: api[("online", n)] / api[("offline", n)], default=None)
+    if worst:
+        best = min(rules, key=lambda n: api[("offline", n)])
+        print(f"online's floor, against the fastest offline iteration ({best}): the per-step "
+              f"matrix products alone {api[('online floor', 'matrix products')] / api[('offline', best)]:.2f}, "
+              f"T Adamax steps alone {api[('online floor', 'Adamax steps')] / api[('offline', best)]:.2f}")
+        print(f"online / offline training iteration, worst rule ({worst}): "
+              f"{api[('online', worst)] / api[('offline', worst)]:.2f}   (target ≤ "
+              f"{ONLINE_TARGET})")
+    memory, memory_time = {}, {}
     if args.memory_steps:
         print(f"\npeak memory of one sequence gradient above a bare process "
-              f"({'CUDA allocated' if device.type == 'cuda' else 'RSS'}, MiB)")
-        print(f"{'algorithm':<15}" + "".join(f"{'T=' + str(t):>10}" for t in args.memory_steps))
+              f"({'CUDA allocated' if device.type == 'cuda' else 'RSS'}, MiB), and its time "
+              f"(s, the median of 3 calls in that process)")
+        header = "".join(f"{'T=' + str(t):>10}" for t in args.memory_steps)
+        print(f"{'algorithm':<24}{header}   |{header}")
         for alg in args.memory_algorithms:
-            memory[alg] = [peak_memory_point(args, alg, t, args.device) for t in args.memory_steps]
-            print(f"{alg:<15}" + "".join(f"{m:>10.1f}" for m in memory[alg]))
+            points = [peak_memory_point(args, alg, t, args.device) for t in args.memory_steps]
+            memory[alg], memory_time[alg] = [m for m, _ in points], [s for _, s in points]
+            print(f"{alg:<24}" + "".join(f"{m:>10.1f}" for m in memory[alg]) + "   |"
+                  + "".join(f"{s:>10.4f}" for s in memory_time[alg]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
                        "floor_otpe_s": floor2, "rule_only_s": rule_t,
                        "ostl_products_s": products, "draw_s": draw_t,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
+                       "memory_time_s": memory_time, "bptt_s": bptt_t,
+                       "api_online_s": {f"{k[0]}:{k[1]}": v for k, v in api.items()},
                        "args": vars(args)}, f, indent=2)
     return 0
 

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMEOUT = 300
 BASE = [o for o in TINY if not o.startswith(("trainer.checkpoint_every", "trainer.log_every",
-                                             "trainer.align_every"))]
+                                             "trainer.align_every", "dataset.num_units"))]
 #: 12 iterations, a checkpoint every 4, a row every iteration, no alignment (so that the
 #: algorithm's gradients are computed exactly once per iteration)
 NAN_RUN = ["dataset=trandman", "algorithm=otpe", "trainer.iterations=12", "dataset.num_steps=10",
@@ -747,9 +747,11 @@ def test_a_second_otpe_train_on_a_run_directory_in_use_is_refused(tmp_path, cli)
         assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["pending"]
         assert [p.name for p in (run_dir / ".hydra" / "pending").iterdir()] == ["99999"]
     shutil.rmtree(run_dir / ".hydra")
+    assert not (run_dir / LOCK_NAME).exists()  # released, and no file left behind
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert not (run_dir / LOCK_NAME).exists()  # a finished run's directory holds no lock
 
 
 def test_two_runs_started_in_the_same_second_are_told_to_take_their_own_directory(tmp_path,

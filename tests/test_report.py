@@ -16,7 +16,8 @@ from rich.console import Console
 from helpers import run_cli
 from otpe_cli.report import CHOICES, FIGURES, main, make_report
 
-TINY_SWEEP = ["debug=quick", "trainer.iterations=2", "trainer.eval_every=1",
+TINY_SWEEP = ["debug=quick", "dataset.num_units=10",
+              "trainer.iterations=2", "trainer.eval_every=1",
               "trainer.align_every=2", "dataset.num_steps=10", "model.width=8",
               "trainer.batch_size=8", "dataset.test_samples_per_class=5",
               "trainer.progress=none"]
@@ -494,3 +495,15 @@ def test_row_labels_show_settings_briefly_and_unknown_ones_as_a_question_mark(tm
         assert f"| {label} | 50.00 (1) |" in md, label
     header = list(read_csv(written["csv"])[0])
     assert "model.beta" in header and "model.slope" not in header  # only what differs
+
+
+def test_time_and_memory_per_run_are_tabulated_per_algorithm(tmp_path):
+    for seed, (t, mb) in enumerate(((0.02, 300.0), (0.04, 310.0))):
+        _fake_run(tmp_path / "runs" / f"s{seed}", seed=seed,
+                  extra={"time/iter_s": t, "memory/peak_mb": mb})
+    md = make_report([tmp_path / "runs"], tmp_path / "out", figures=False)["markdown"].read_text()
+    assert "seconds per training iteration, mean over the run (time/iter_s)" in md
+    assert "| otpe | 0.0300 ± 0.0141 (2) |" in md
+    assert "| otpe | 305.0 ± 7.1 (2) |" in md
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert {"time/iter_s", "memory/peak_mb"} <= set(rows[0])

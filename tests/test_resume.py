@@ -42,7 +42,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def comparable_summary(path: Path) -> dict:
     summary = json.loads(Path(path).read_text())
-    return {k: v for k, v in summary.items() if k != "wall_time_s" and not k.startswith("time/")}
+    return {k: v for k, v in summary.items()
+            if k != "wall_time_s" and not k.startswith(("time/", "memory/"))}
 
 
 def exe() -> str:
@@ -143,6 +144,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, baseline):
     assert (hydra / "config.yaml").exists() and not (hydra / "pending").exists()
 
 
+@pytest.mark.slow
 def test_sigint_sigusr1_and_sighup_interrupted_then_resumed(tmp_path, baseline):
     """SIGINT (Ctrl-C), SIGUSR1 (SLURM's preemption warning) and SIGHUP (the terminal or ssh
     session went away), one after the other."""
@@ -176,6 +178,30 @@ def test_a_stop_signal_while_a_run_starts_up_is_answered_in_words(tmp_path, sig)
     assert "Traceback" not in text
     assert not read_metrics(run_dir / "metrics.jsonl")
     assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_a_resumed_run_stopped_during_start_up_keeps_its_summary_and_logs_the_stop(tmp_path):
+    """Stopped while it starts up again, an interrupted run keeps the summary of its last stop
+    (it has not trained on) and its otpe-train.log has the stop line too."""
+    run_dir, args = tmp_path / "run", [*ARGS, "dataset.test_samples_per_class=3000"]
+    log = tmp_path / "first.log"
+    proc = start(args, run_dir, log)
+    wait_for_iter(proc, run_dir, 4, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    before = (run_dir / "summary.json").read_text()
+    assert json.loads(before)["status"] == "interrupted"
+    proc = start(args, run_dir, log)
+    deadline = time.monotonic() + TIMEOUT
+    while "resuming" not in (run_dir / "otpe-train.log").read_text():  # (then it draws
+        assert proc.poll() is None, log.read_text()[-3000:]  # 30 000 test samples: seconds)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert "before training began" in log.read_text()
+    assert (run_dir / "summary.json").read_text() == before
+    assert "stopped by SIGTERM before training began" in (run_dir / "otpe-train.log").read_text()
 
 
 def test_a_run_started_under_nohup_trains_on_through_a_hangup(tmp_path, baseline):

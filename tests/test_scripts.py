@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -20,12 +22,14 @@ def run_script(name, *args, cwd):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     algorithms = ["bptt", "ottt", "approx_otpe", "ostl", "otpe", "f_otpe", "f_approx_otpe"]
     out = run_script("benchmark.py", "--inputs", "6", "--width", "8", "--batch", "4",
                      "--steps", "3", "--repeats", "1", "--threads", "1",
-                     "--memory-steps", "3", "6", "--memory-algorithms", "bptt", "ostl",
-                     "--json", str(tmp_path / "bench.json"), cwd=tmp_path)
+                     "--memory-steps", "3", "6", "--memory-algorithms", "bptt",
+                     "bptt:checkpoint_blocks", "ostl", "--json", str(tmp_path / "bench.json"),
+                     cwd=tmp_path)
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert sorted(figures["gradient_s"]) == sorted(algorithms)
     assert all(t > 0 for t in figures["gradient_s"].values())
@@ -35,12 +39,20 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
     assert sorted(figures["draw_s"]) == ["fixed, rate", "per_draw, rate (Randman)",
                                          "per_draw, time (T-Randman)"]
     assert all(t > 0 for t in figures["draw_s"].values())
-    assert sorted(figures["memory_mib"]) == ["bptt", "ostl"]
+    assert sorted(figures["memory_mib"]) == ["bptt", "bptt:checkpoint_blocks", "ostl"]
     assert all(len(v) == 2 for v in figures["memory_mib"].values())
+    assert sorted(figures["memory_time_s"]) == sorted(figures["memory_mib"])
+    assert all(len(v) == 2 and min(v) > 0 for v in figures["memory_time_s"].values())
+    assert sorted(figures["bptt_s"]) == ["autograd through SNN.forward", "checkpoint_blocks",
+                                         "matrix products", "plain per-step autograd"]
+    assert all(t > 0 for t in figures["bptt_s"].values())
     for line in ("OSTL / floor:", "ottt / bptt:", "approx_otpe / bptt:", "otpe / ostl:",
                  "the OTPE rule alone / the OSTL rule alone:", "OTPE's floor", "peak memory",
                  "only the matrix products of an OSTL pass", "fused CPU kernels",
-                 "per-draw batch / OTPE sequence gradient:"):
+                 "per-draw batch / OTPE sequence gradient:",
+                 "bptt / plain per-step autograd BPTT:", "(target ≤ 0.35",
+                 "BPTT / its matrix products:", "bptt with checkpoint_blocks / bptt:",
+                 "otpe / ostl through sequence_gradients:", "online / offline training"):
         assert line in out, line
 
 
@@ -54,6 +66,22 @@ def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
     assert sorted(figures["rule_only_s"]) == ["otpe"]  # the OSTL rule was not timed
     assert figures["ostl_products_s"] is None
     assert "OSTL / floor" not in out and "otpe / ostl" not in out and "peak memory" not in out
+    assert "bptt / plain per-step autograd BPTT:" in out
+    assert sorted(figures["api_online_s"]) == [
+        "Algorithm.gradients:otpe", "offline:otpe", "online floor:Adamax steps",
+        "online floor:matrix products", "online:otpe", "sequence_gradients:otpe"]
+    assert all(t > 0 for t in figures["api_online_s"].values())
+    assert "online / offline training iteration, worst rule (otpe):" in out
+    assert "(target ≤ 1.6)" in out and "through sequence_gradients" not in out
+    assert "online's floor, against the fastest offline iteration (otpe)" in out
+
+
+def test_benchmark_without_bptt_times_none_of_its_comparisons(tmp_path):
+    out = run_script("benchmark.py", "--inputs", "6", "--width", "8", "--batch", "4",
+                     "--steps", "3", "--repeats", "1", "--threads", "1", "--memory-steps",
+                     "--algorithms", "ottt", "--json", str(tmp_path / "b.json"), cwd=tmp_path)
+    assert json.loads((tmp_path / "b.json").read_text())["bptt_s"] == {}
+    assert "plain per-step autograd" not in out and "its matrix products" not in out
 
 
 def test_randman_probe_prints_a_row_per_data_set_and_normalisation(tmp_path):

@@ -19,7 +19,8 @@ import otpe_cli.config  # noqa: F401  (registers the schemas)
 from otpe_cli.logs import read_metrics
 
 #: seconds per job: the real trainer at tiny sizes
-TINY_SWEEP = ["debug=quick", "trainer.iterations=2", "dataset.num_steps=10", "model.width=8",
+TINY_SWEEP = ["debug=quick", "dataset.num_units=10",
+              "trainer.iterations=2", "dataset.num_steps=10", "model.width=8",
               "trainer.batch_size=8", "dataset.test_samples_per_class=5",
               "trainer.progress=lines"]
 #: bptt has no online mode: validation refuses that job, deterministically, before training
@@ -47,6 +48,7 @@ def assert_one_failed_one_kept(res, sweep: Path) -> None:
     assert (sweep / "multirun.yaml").exists()
 
 
+@pytest.mark.slow
 def test_basic_launcher_sweep_keeps_the_good_job_when_one_fails(tmp_path, cli):
     sweep = tmp_path / "sweep"
     res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
@@ -74,6 +76,7 @@ def test_a_sweep_job_whose_directory_is_in_use_is_named_and_the_sweep_exits_1(tm
     assert summary(sweep / "1_otpe_d3_s0")["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_job_refused_beside_its_checkpoint_is_counted_as_failed(tmp_path,
                                                                                  cli):
     """A sweep run again with a changed setting: its job's checkpoint (another config) is
@@ -147,6 +150,7 @@ def test_submitit_local_sweep(tmp_path, cli):
     assert list((sweep / ".submitit").glob("*/*_log.out"))  # submitit's own logs
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_names_its_failed_job(tmp_path, cli):
     sweep = tmp_path / "sweep"
     res = cli(["-m", *TINY_SWEEP, *FAILING_PAIR, "hydra/launcher=submitit_local",
@@ -154,6 +158,7 @@ def test_submitit_local_sweep_names_its_failed_job(tmp_path, cli):
     assert_one_failed_one_kept(res, sweep)
 
 
+@pytest.mark.slow
 def test_a_failed_job_of_an_earlier_sweep_is_not_named_again(tmp_path, cli):
     sweep = tmp_path / "sweep"
     cli(["-m", *TINY_SWEEP, *FAILING_PAIR, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)

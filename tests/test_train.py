@@ -37,7 +37,8 @@ def test_every_algorithm_lowers_the_loss_on_trandman(make_cfg, tmp_path, alg):
     cfg = make_cfg(["dataset=trandman", f"algorithm={alg}", "trainer.iterations=40",
                     "dataset.num_classes=4", "model.threshold=0.5", "optimizer.lr=0.02",
                     "dataset.normalisation=fixed",  # (the easy task: learnt within 40 steps)
-                    "trainer.align_every=0", *TINY])
+                    "trainer.align_every=0",
+                    *[o for o in TINY if not o.startswith("dataset.num_units")]])
     run(cfg, tmp_path)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     first, last = rows[0]["train/loss"], rows[-1]["train/loss"]
@@ -157,6 +158,21 @@ def test_training_on_cuda_runs_and_resumes(make_cfg, tmp_path, update):
     assert more["iter"] == 6 and math.isfinite(more["train/loss"])
     assert math.isfinite(more["align/cos/global"])
 
+def test_a_silent_output_layer_is_said_in_the_console_line_and_at_the_end(tmp_path, cli):
+    """Samples without an output spike count as wrong: a run whose output layer stays silent
+    says so (test/silent in the console line, the summary and a closing warning)."""
+    run_dir = tmp_path / "run"
+    res = cli(["debug=quick", "dataset=trandman", "model.threshold=50",
+               "dataset.test_samples_per_class=5", "trainer.progress=lines",
+               f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "test 0.000 (100% silent)" in res.stderr
+    assert ("100% of the test samples got no output spike, and a sample without one counts as "
+            "wrong") in res.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test/silent"] == 1.0 and summary["test/acc"] == 0.0
+
+
 def test_cli_progress_goes_to_stderr_and_the_final_table_to_stdout(tmp_path):
     from helpers import run_cli
 
@@ -220,6 +236,34 @@ def test_the_python_api_takes_any_real_spike_dtype_and_refuses_bad_batches_in_wo
         SNN([5, 0, 3])
 
 
+def test_sequence_gradients_keeps_one_trace_pool_per_model_and_frees_it_with_the_model():
+    """The traces `sequence_gradients` keeps for the next call change nothing (every call
+    equals a fresh Algorithm's, whose pool is empty, across rules and batch sizes on one
+    model) and go when the model goes."""
+    import gc
+    import weakref
+
+    from otpe_cli import SNN, build_algorithm, sequence_gradients
+    from otpe_cli.algorithms import _ALGORITHMS_OF
+
+    gen = torch.Generator().manual_seed(3)
+    m = SNN([6, 5, 5, 3], generator=torch.Generator().manual_seed(0)).double()
+    for alg, batch in [("otpe", 4), ("ostl", 4), ("otpe", 3), ("f_otpe", 4), ("ottt", 4),
+                       ("otpe", 4)]:
+        x = (torch.rand(7, batch, 6, generator=gen) < 0.5).double()
+        y = torch.randint(0, 3, (batch,), generator=gen)
+        got = sequence_gradients(alg, m, x, y)
+        want, _ = build_algorithm(alg).gradients(m, x, y)
+        for (name, _), w in zip(m.named_parameters(), want):
+            assert torch.equal(got[name], w), (alg, batch, name)
+    pools = {id(a.traces) for a in _ALGORITHMS_OF[m].values()}
+    assert len(pools) == 1  # one pool: only the last call's traces are held
+    pool = weakref.ref(next(iter(_ALGORITHMS_OF[m].values())).traces)
+    del m
+    gc.collect()
+    assert pool() is None
+
+
 def test_bptt_gradients_of_frozen_parameters_leave_them_frozen():
     from otpe_cli import SNN, sequence_gradients
 
@@ -231,3 +275,45 @@ def test_bptt_gradients_of_frozen_parameters_leave_them_frozen():
     got = sequence_gradients("bptt", m, x, y)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_overfit_batches_repeat_the_same_batches_also_after_a_resume(make_cfg, tmp_path):
+    """debug=overfit trains on the same batch over and over; with N batches they come in turn,
+    the same ones in a resumed run, and a checkpoint made with them is refused without."""
+    from otpe_cli.checkpoint import CheckpointError
+    from otpe_cli.trainer import Trainer
+
+    over = ["dataset=trandman", "trainer.overfit_batches=2", "trainer.iterations=4", *TINY]
+    trainer = Trainer(make_cfg(over), tmp_path / "run")
+    batches = []
+    for it in range(3):
+        trainer.iteration = it
+        batches.append(trainer._batch())
+    assert torch.equal(batches[0][0], batches[2][0]) and torch.equal(batches[0][1], batches[2][1])
+    assert not torch.equal(batches[0][0], batches[1][0])
+    trainer.iteration = 0
+    trainer.train()
+    again = Trainer(make_cfg(over), tmp_path / "run")  # resumed: the same batches again
+    assert torch.equal(again._batch()[0], batches[0][0])
+    with pytest.raises(CheckpointError, match=r"trainer\.overfit_batches is 2 in the checkpoint "
+                                              r"but absent now"):
+        Trainer(make_cfg([o for o in over if "overfit" not in o]), tmp_path / "run")
+    cfg = make_cfg(["debug=overfit"])
+    assert cfg.trainer.overfit_batches == 1 and cfg.trainer.align_every == 0
+
+
+def test_debug_profile_writes_the_profile_and_a_trace(make_cfg, tmp_path):
+    run(make_cfg(["debug=profile", "dataset=trandman", "model.width=8", "trainer.batch_size=8",
+                  "dataset.num_steps=10", "dataset.test_samples_per_class=5",
+                  "trainer.progress=none"]), tmp_path)
+    assert "Self CPU" in (tmp_path / "profile.txt").read_text()
+    assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+
+
+def test_time_and_peak_memory_are_logged_and_summarised(make_cfg, tmp_path):
+    summary = run(make_cfg(["dataset=trandman", "trainer.iterations=10", *TINY]), tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(r["time/iter_s"] > 0 and r["memory/peak_mb"] > 10 for r in rows)
+    peaks = [r["memory/peak_mb"] for r in rows]
+    assert peaks == sorted(peaks) and summary["memory/peak_mb"] >= peaks[-1]
+    assert 0 < summary["time/iter_s"] < summary["wall_time_s"]

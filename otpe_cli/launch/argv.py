@@ -36,8 +36,8 @@ def problem(argv: list[str]) -> str | None:
     """What is wrong with this command line, in one sentence, or None."""
     if any(a in INFO_FLAGS or a.startswith("--shell-completion") for a in argv):
         return None
-    return (unknown_key_problem(argv) or run_dir_problem(argv) or launcher_problem(argv)
-            or composition_problem(argv))
+    return (unknown_key_problem(argv) or launcher_problem(argv) or composition_problem(argv)
+            or run_dir_problem(argv))
 
 
 def unknown_key_problem(argv: list[str]) -> str | None:
@@ -74,8 +74,12 @@ def run_dir_problem(argv: list[str]) -> str | None:
         if key != wanted or not value or "${" in value:
             continue
         path = Path(value)
+        made = []  # what the check itself creates, taken away again: Hydra makes it later
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            for p in reversed((path, *path.parents)):
+                if not p.exists():
+                    p.mkdir()
+                    made.append(p)
             if not os.access(path, os.W_OK):
                 raise PermissionError(13, "Permission denied")
         except OSError as exc:
@@ -92,6 +96,9 @@ def run_dir_problem(argv: list[str]) -> str | None:
             what = "sweep" if multirun else "run"
             return (f"the {what} directory {shown} cannot be created or written ({why}); choose "
                     f"another with {wanted}=DIR.")
+        finally:
+            for p in reversed(made):
+                p.rmdir()
     return None
 
 

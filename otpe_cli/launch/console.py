@@ -49,6 +49,15 @@ def guard_console_streams() -> None:
         setattr(sys, name, PipeSafe(stream))
 
 
+def to_log_file(line: str) -> None:
+    """Write ``line`` to the run's log file (Hydra's file handler) only: for what is said on
+    the console in a sentence of its own, so that the run's log has it too."""
+    record = logging.LogRecord("otpe-train", logging.WARNING, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def console_log_level(level: int) -> None:
     """Set the level of the console handlers of Hydra's job logging (not of its log file)."""
     for handler in logging.getLogger().handlers:

@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from ..config import ignored_logger_keys
-from .console import console_log_level
+from .console import console_log_level, to_log_file
 from .rundir import RunDirBusy, record_failure, settle_hydra_files
 from .signals import PENDING_STOP, Interrupted, StopSignal, raise_stop, stop_signals
 from .sweep import SubmititHandover, mark_failed, threads_per_job
@@ -92,8 +92,10 @@ def run_job(cfg, run, user_errors: tuple):
         if not startup:  # a worker's or a submitit job's: as before
             raise
         signum = exc.signum if isinstance(exc, StopSignal) else signal.SIGINT
-        print(f"otpe-train: stopped by {signal.Signals(signum).name} before training began; "
-              f"run the {again} to resume.", file=sys.stderr)
+        line = (f"otpe-train: stopped by {signal.Signals(signum).name} before training began; "
+                f"run the {again} to resume.")
+        print(line, file=sys.stderr)
+        to_log_file(line)
         raise SystemExit(128 + signum) from None
     except Interrupted as exc:
         if handover is not None and handover.relayed:

@@ -31,33 +31,53 @@ def run_dir_lock(run_dir: Path):
     ``otpe-train`` with the same directory (a job resubmitted while the first still runs) is
     refused instead of interleaving its metrics with the first one's. The lock is an flock on
     ``<run_dir>/.otpe-train.lock``, which the system releases when the process ends however it
-    ends; where the file system cannot lock, runs go on without it."""
+    ends, and the file is removed when the run ends; where the file system cannot lock, runs go
+    on without it."""
     try:
         import fcntl
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK_NAME, "a+")
     except (ImportError, OSError):  # no fcntl (Windows), or the directory is not writable:
         yield                       # the trainer says so in its own words
         return
-    try:
+    path = run_dir / LOCK_NAME
+    while True:
+        try:
+            handle = open(path, "a+")
+        except OSError:
+            yield
+            return
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "?"
+            handle.close()
             raise RunDirBusy(f"the run directory {run_dir} is in use by another otpe-train "
                              f"(pid {holder}); wait for it to end, or stop it (it checkpoints "
                              "on SIGTERM) and run this again to resume.") from None
         except OSError:  # locks not supported here
+            handle.close()
             yield
             return
+        try:  # the file may have been removed by its last holder just before we locked it
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
     finally:
+        try:
+            path.unlink()  # (while still held: a process that locks it next sees it is gone)
+        except OSError:
+            pass
         handle.close()  # (releases the lock)
 
 

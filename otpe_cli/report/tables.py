@@ -22,7 +22,12 @@ TABLE_KEYS = ("dataset", "algorithm", "depth")
 #: the CSV's leading metric columns; every other scalar metric follows, sorted
 CSV_METRICS = ("test/acc", "best/test_acc", "best/test_acc_iter", "val/acc", "best/val_acc",
                "best/test_acc_at_best_val", "train/loss", "train/acc", "test/loss",
-               "align/cos/global", "align_mean/cos/global", "wall_time_s", "skipped_updates")
+               "align/cos/global", "align_mean/cos/global", "time/iter_s", "memory/peak_mb",
+               "wall_time_s", "skipped_updates")
+#: what each run costs, tabulated per algorithm: (metric, title, decimals)
+COST_METRICS = (("time/iter_s", "seconds per training iteration, mean over the run", 4),
+                ("memory/peak_mb", "peak memory of the process in MB (CPU: resident set; "
+                                   "CUDA: allocated)", 1))
 
 
 ALIGN_METRIC = "align_mean/cos/global"
@@ -179,6 +184,7 @@ def _fmt_cell(cell, metric: str) -> str:
         return "—"
     mean, std, n = cell
     scale, digits = (100.0, 2) if is_accuracy(metric) else (1.0, 3)
+    digits = next((d for m, _, d in COST_METRICS if m == metric), digits)
     text = f"{mean * scale:.{digits}f}"
     if std is not None:
         text += f" ± {std * scale:.{digits}f}"
@@ -282,6 +288,10 @@ def _sections(tables: Tables, metric: str) -> list:
                         *table_rows(tables, dataset, ALIGN_METRIC)))
             out += layer_sections(tables, dataset)
         out += rule_sections(tables, dataset)
+        for cost, title, _ in COST_METRICS:
+            if any(number(r.final.get(cost)) is not None for r in tables.usable
+                   if r.get("dataset") == dataset and r.status == "finished"):
+                out.append((dataset, f"{title} ({cost})", *table_rows(tables, dataset, cost)))
     return out
 
 
