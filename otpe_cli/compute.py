@@ -44,3 +44,9 @@ def suffix_products(decays: torch.Tensor) -> torch.Tensor:
     """`ops.suffix_products`."""
     fused = kernels.suffix_products(decays)
     return fused if fused is not None else ops.suffix_products(decays)
+
+
+def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """`ops.rate_spikes`."""
+    fused = kernels.rate_spikes(keys, counts)
+    return fused if fused is not None else ops.rate_spikes(keys, counts)

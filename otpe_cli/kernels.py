@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 
 _SOURCE = r"""
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 // x86: a second copy of each loop for CPUs with AVX2 and FMA, chosen at run time (std::fma is
 // one instruction there, a library call otherwise); other CPUs compile one copy
@@ -223,6 +225,40 @@ torch::Tensor membrane_adjoint(torch::Tensor grad_s, torch::Tensor psi, torch::T
   return out;
 }
 
+// Randman's rate code (ops.rate_spikes): in each row of keys (R, T), the counts[r] + 1 steps
+// of lowest key spike, ties in step order (the ranks of a stable sort, counted branch-free)
+template <typename T>
+static inline __attribute__((always_inline)) void rate_rows(
+    const T* __restrict keys, const int64_t* __restrict counts, bool* __restrict out,
+    int64_t begin, int64_t end, int64_t S) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict row = keys + r * S;
+    for (int64_t t = 0; t < S; ++t) {
+      const T v = row[t];
+      int32_t rank = 0;
+      for (int64_t j = 0; j < t; ++j) rank += row[j] <= v ? 1 : 0;
+      for (int64_t j = t + 1; j < S; ++j) rank += row[j] < v ? 1 : 0;
+      out[r * S + t] = rank <= counts[r];
+    }
+  }
+}
+
+TWICE(rate, { rate_rows<T>(keys, counts, out, begin, end, S); },
+      const T* keys, const int64_t* counts, bool* out, int64_t begin, int64_t end, int64_t S)
+
+torch::Tensor rate_spikes(torch::Tensor keys, torch::Tensor counts) {
+  int64_t R = keys.size(0), S = keys.size(1);
+  auto out = torch::empty({R, S}, keys.options().dtype(torch::kBool));
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rate_spikes", [&] {
+    auto run = has_fma() ? rate_fma<scalar_t> : rate_plain<scalar_t>;
+    const scalar_t* k = keys.data_ptr<scalar_t>();
+    const int64_t* c = counts.data_ptr<int64_t>();
+    bool* o = out.data_ptr<bool>();
+    at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) { run(k, c, o, begin, end, S); });
+  });
+  return out;
+}
+
 std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, double beta,
                                      double theta, double slope) {
   auto spikes = torch::empty_like(current);
@@ -238,10 +274,10 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
 """
 
 #: -ffp-contract=off: no multiply-add the plain ops do not make; -fno-trapping-math lets the
-#: comparison vectorise (it changes no result)
-_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"]
+#: comparison vectorise (it changes no result); -fopenmp: at::parallel_for uses torch's threads
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
 _FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products",
-              "membrane_adjoint"]
+              "membrane_adjoint", "rate_spikes"]
 #: seconds to wait for another process's build before running the plain ops
 DEFAULT_WAIT_S = 300.0
 
@@ -305,6 +341,11 @@ def _check(module) -> str | None:
                               module.membrane_adjoint(grad_s, want[3],
                                                       zero if after is None else after, 0.95,
                                                       theta)))
+            keys = torch.rand(shape[0] * shape[1], shape[2], generator=g).to(dtype)
+            keys[::3, 1] = keys[::3, 0]  # ties, broken in step order
+            counts = torch.randint(-1, shape[2] + 1, (len(keys),), generator=g)
+            pairs.append(("rate code", ops.rate_spikes(keys, counts),
+                          module.rate_spikes(keys, counts)))
             for name, a, b in pairs:
                 if not torch.equal(a, b):
                     return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
@@ -374,7 +415,8 @@ def _build(name: str, build_dir: Path):
             log.info("building the fused CPU kernels, once per environment (~25 s; cached in "
                      "%s)", build_dir.parent)
         build_dir.mkdir(parents=True, exist_ok=True)
-        return load_inline(name, cpp_sources=_SOURCE, extra_cflags=_FLAGS, functions=_FUNCTIONS,
+        return load_inline(name, cpp_sources=_SOURCE, extra_cflags=_FLAGS,
+                           extra_ldflags=["-fopenmp"], functions=_FUNCTIONS,
                            build_directory=str(build_dir))
     finally:
         lock.release()
@@ -475,6 +517,14 @@ def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
     u = u.contiguous().clone()  # the kernel writes the last u into it
     spikes, psi = _module.lif_block(current, u, beta, theta, slope)
     return spikes, psi, u
+
+
+def rate_spikes(keys: torch.Tensor, counts: torch.Tensor):
+    """`ops.rate_spikes` fused, or None: run the plain op."""
+    if (keys.dim() != 2 or counts.shape != keys.shape[:1] or counts.dtype != torch.int64
+            or not counts.is_contiguous() or not _ready(keys)):
+        return None
+    return _module.rate_spikes(keys, counts)
 
 
 def status() -> str:

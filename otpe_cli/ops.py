@@ -159,3 +159,12 @@ def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -
     """grad_w[i, j] += Σ_b d[b, i]·trace[b, i, j] for a trace (B, N_out, N_in): one batched
     matrix–vector product over the output units, reading the trace in place."""
     grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace.transpose(0, 1)).squeeze(1))
+
+
+def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Randman's rate code (SPEC §6): each row of ``keys`` (R, T) ranks the T steps at random,
+    and the row's ``counts`` + 1 steps of lowest key (ties in step order) spike: (R, T) bool."""
+    order = torch.argsort(keys, dim=-1, stable=True)
+    steps = torch.arange(keys.shape[-1], device=keys.device)
+    return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device).scatter_(
+        -1, order, steps <= counts.unsqueeze(-1))

@@ -170,3 +170,29 @@ def test_what_the_kernels_do_not_take_goes_to_the_eager_ops(fused):
     assert torch.equal(base.suffix_products(negated), base.suffix_products(-x))
     assert torch.equal(base.reverse_scan(negated, 0.5), base.reverse_scan(-x, 0.5))
     assert torch.equal(base.reverse_scan(x, 1), base.reverse_scan(x, 1.0))  # an int decay
+
+
+def test_the_rate_code_kernel_equals_a_stable_sort_and_draws_the_same_batches(fused,
+                                                                               monkeypatch):
+    """Randman's rate code (SPEC §6: k + 1 distinct random steps, the first k + 1 of a random
+    ranking of the T steps) by a per-row stable sort written here, ties included; and a
+    Randman batch the same to the bit with the kernels off."""
+    from otpe_cli.compute import rate_spikes
+    from otpe_cli.data.randman import Randman
+
+    g = torch.Generator().manual_seed(5)
+    keys = torch.rand(300, 20, generator=g)
+    keys[::4, 3] = keys[::4, 7]  # ties: the earlier step ranks first
+    counts = torch.randint(0, 20, (300,), generator=g)
+    want = torch.zeros(300, 20, dtype=torch.bool)
+    for r in range(300):
+        ranked = sorted(range(20), key=lambda t: (float(keys[r, t]), t))
+        for t in ranked[:int(counts[r]) + 1]:
+            want[r, t] = True
+    assert torch.equal(rate_spikes(keys, counts), want)
+    data = Randman(num_units=12, num_steps=30, test_samples_per_class=3)
+    fast = data.train_batch(16, torch.Generator().manual_seed(1))
+    kernels_off(monkeypatch)
+    assert torch.equal(rate_spikes(keys, counts), want)
+    plain = data.train_batch(16, torch.Generator().manual_seed(1))
+    assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])

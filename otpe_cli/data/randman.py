@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..compute import rate_spikes
 from .base import SpikeDataset
 
 NORMALISATIONS = ("per_draw", "fixed")
@@ -208,9 +209,8 @@ def encode(y: torch.Tensor, num_steps: int, encoding: str, generator: torch.Gene
         spikes = steps == k[..., None]                      # one spike, at step k
     elif encoding == "rate":
         # k+1 distinct random steps: the first k+1 of a random permutation of the T steps
-        order = torch.rand(*k.shape, T, generator=generator).argsort(-1)
-        spikes = torch.zeros(order.shape, dtype=torch.bool).scatter_(
-            -1, order, steps <= k[..., None])
+        keys = torch.rand(*k.shape, T, generator=generator)
+        spikes = rate_spikes(keys.view(-1, T), k.reshape(-1)).view(keys.shape)
     else:
         raise ValueError(f"unknown encoding {encoding!r} for Randman; use 'rate' or 'time'")
     return spikes.permute(2, 0, 1).to(torch.uint8).contiguous()
