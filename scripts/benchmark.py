@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -348,7 +349,7 @@ def api_and_online_timing(args, device, x, y):
 def peak_memory_point(args, alg: str, steps: int, device: str) -> tuple[float, float]:
     """Peak memory (MiB) one sequence_gradients call adds at T = steps, in a fresh process
     (Linux: peak RSS reset through /proc/self/clear_refs just before the call), and the
-    median time (s) of three more calls there. ``alg`` may be `CHECKPOINTED`: BPTT with
+    median time (s) of three more calls in another. ``alg`` may be `CHECKPOINTED`: BPTT with
     algorithm.checkpoint_blocks=true."""
     name, _, option = alg.partition(":")
     code = f"""
@@ -389,9 +390,18 @@ for _ in range(3):
 print(json.dumps({{"rss_mib": (peak - before) / 1024, "cuda_mib": cuda,
                   "seconds": statistics.median(times)}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    return res["cuda_mib"] if res["cuda_mib"] is not None else res["rss_mib"], res["seconds"]
+    # glibc's malloc raises its mmap threshold as large blocks are freed, and then keeps
+    # later ones on its heap: the peak RSS would be the allocator's history (BPTT at T = 800
+    # read 232–329 MiB from run to run, its checkpointed twin 44–200). A fixed threshold
+    # gives every large block back when it is freed, so the peak is the working set; it also
+    # makes every call fault its pages in afresh, so the time comes from a second process
+    # with the allocator as it is.
+    fixed = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    res = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                     text=True, check=True, env=env).stdout.splitlines()[-1])
+           for env in (fixed, None)]
+    memory = res[0]["cuda_mib"] if res[0]["cuda_mib"] is not None else res[0]["rss_mib"]
+    return memory, res[1]["seconds"]
 
 
 def main(argv=None):
@@ -491,17 +501,18 @@ def main(argv=None):
     worst = max(rules, key=lambda n: api[("online", n)] / api[("offline", n)], default=None)
     if worst:
         best = min(rules, key=lambda n: api[("offline", n)])
+        products = api[("online floor", "matrix products")] / api[("offline", best)]
+        adamax_steps = api[("online floor", "Adamax steps")] / api[("offline", best)]
         print(f"online's floor, against the fastest offline iteration ({best}): the per-step "
-              f"matrix products alone {api[('online floor', 'matrix products')] / api[('offline', best)]:.2f}, "
-              f"T Adamax steps alone {api[('online floor', 'Adamax steps')] / api[('offline', best)]:.2f}")
+              f"matrix products alone {products:.2f}, T Adamax steps alone {adamax_steps:.2f}")
         print(f"online / offline training iteration, worst rule ({worst}): "
               f"{api[('online', worst)] / api[('offline', worst)]:.2f}   (target ≤ "
               f"{ONLINE_TARGET})")
     memory, memory_time = {}, {}
     if args.memory_steps:
-        print(f"\npeak memory of one sequence gradient above a bare process "
-              f"({'CUDA allocated' if device.type == 'cuda' else 'RSS'}, MiB), and its time "
-              f"(s, the median of 3 calls in that process)")
+        what = "CUDA allocated" if device.type == "cuda" else "RSS, glibc mmap threshold 128 KiB"
+        print(f"\npeak memory of one sequence gradient above a bare process ({what}, MiB), "
+              f"and its time (s, the median of 3 calls in a process of its own)")
         header = "".join(f"{'T=' + str(t):>10}" for t in args.memory_steps)
         print(f"{'algorithm':<24}{header}   |{header}")
         for alg in args.memory_algorithms:
