@@ -113,18 +113,26 @@ def rule_work(model, rule_name, batch, steps, device, traces):
     return time.perf_counter() - tic
 
 
+def block_operands(model, batch, steps, device):
+    """Random operands for timing bare products in the passes' blocks: the block length, one
+    block of every layer's activations (the inputs' first) and a weight-gradient buffer per
+    layer (the device synchronised, ready for the clock)."""
+    block = block_steps(steps)
+    acts = [torch.rand(block, batch, n, device=device) for n in model.sizes]
+    grads = [torch.zeros_like(layer.weight) for layer in model.layers]
+    sync(device)
+    return block, acts, grads
+
+
 def product_work(model, batch, steps, device, traces):
     """Only the matrix products an OSTL pass does, on random operands of the same shapes and
     in the same blocks: each layer's input currents, the sweep of the errors, the inputs' share
     of the gradient and, where the pass needs them, the trace's batched product (every block
     but the last) and its contraction (every block but the first). ``traces``: one
     (B, N_out, N_in) tensor per layer, kept from call to call as the pass keeps its own."""
-    block = block_steps(steps)
     layers = model.layers
     with torch.no_grad():
-        acts = [torch.rand(block, batch, n, device=device) for n in model.sizes]
-        grads = [torch.zeros_like(layer.weight) for layer in layers]
-        sync(device)
+        block, acts, grads = block_operands(model, batch, steps, device)
         tic = time.perf_counter()
         for t in range(0, steps, block):
             k, first, last = min(block, steps - t), t == 0, t + block >= steps
@@ -168,12 +176,9 @@ def bptt_product_work(model, batch, steps, device):
     shapes and in the same blocks: each layer's input currents in the forward, and in the
     backward each layer's ∂J/∂W = Σ λ aᵀ and the error it sends down, Wᵀλ (none below the
     first layer): BPTT's floor."""
-    block = block_steps(steps)
     layers = model.layers
     with torch.no_grad():
-        acts = [torch.rand(block, batch, n, device=device) for n in model.sizes]
-        grads = [torch.zeros_like(layer.weight) for layer in layers]
-        sync(device)
+        block, acts, grads = block_operands(model, batch, steps, device)
         tic = time.perf_counter()
         for t in range(0, steps, block):
             k = min(block, steps - t)
