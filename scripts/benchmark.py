@@ -506,10 +506,10 @@ def main(argv=None):
     worst = max(rules, key=lambda n: api[("online", n)] / api[("offline", n)], default=None)
     if worst:
         best = min(rules, key=lambda n: api[("offline", n)])
-        products = api[("online floor", "matrix products")] / api[("offline", best)]
+        per_step = api[("online floor", "matrix products")] / api[("offline", best)]
         adamax_steps = api[("online floor", "Adamax steps")] / api[("offline", best)]
         print(f"online's floor, against the fastest offline iteration ({best}): the per-step "
-              f"matrix products alone {products:.2f}, T Adamax steps alone {adamax_steps:.2f}")
+              f"matrix products alone {per_step:.2f}, T Adamax steps alone {adamax_steps:.2f}")
         print(f"online / offline training iteration, worst rule ({worst}): "
               f"{api[('online', worst)] / api[('offline', worst)]:.2f}   (target ≤ "
               f"{ONLINE_TARGET})")
