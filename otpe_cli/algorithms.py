@@ -92,8 +92,7 @@ def online_pass(
                     e = e @ layers[i].weight
             if on_step is not None:
                 on_step(grads)
-                for g in grads:
-                    g.zero_()
+                torch._foreach_zero_(grads)
         if on_step is None:
             for g in grads:
                 g.div_(T)

@@ -54,11 +54,10 @@ class Optimizer:
         return {**common, "momentum": self.momentum, "dampening": 0, "nesterov": False,
                 "fused": None}
 
-    def _started(self) -> None:
-        """The state of a first step, as torch.optim makes it."""
+    def _start(self) -> None:
+        """The state of a first step, as torch.optim makes it (SGD's momentum buffers are made
+        by its first step itself)."""
         for p, state in zip(self.params, self.state):
-            if state or (self.name == "sgd"):
-                continue
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
             for key in STATE_KEYS[self.name]:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -66,7 +65,8 @@ class Optimizer:
     @torch.no_grad()
     def step(self, grads) -> None:
         grads = list(grads)
-        self._started()
+        if not self.state[0] and self.name != "sgd":  # (every parameter steps, or none)
+            self._start()
         common = {"foreach": False, "maximize": False, "lr": self.lr,
                   "weight_decay": self.weight_decay}
         if self.name == "sgd":
