@@ -5,7 +5,7 @@ loop of small element-wise ops per step (`ops.membrane_step`), then the surrogat
 block; the rules' leaky sums, reverse scans and suffix products, and BPTT's reverse scan
 through a layer's membranes (its backward pass, `bptt`), are loops of small ops too. On
 2 CPU cores their dispatch, not their arithmetic, is what costs. Each has a C++ loop here,
-built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~25 s
+built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~45 s
 once, then cached; it needs a C++ compiler and ninja).
 
 The membranes must equal those of the plain ops, which BPTT's autograd reference
@@ -412,7 +412,7 @@ def _build(name: str, build_dir: Path):
             stale.unlink(missing_ok=True)
         built = any(build_dir.glob(f"{name}*.so"))
         if not built:
-            log.info("building the fused CPU kernels, once per environment (~25 s; cached in "
+            log.info("building the fused CPU kernels, once per environment (~45 s; cached in "
                      "%s)", build_dir.parent)
         build_dir.mkdir(parents=True, exist_ok=True)
         return load_inline(name, cpp_sources=_SOURCE, extra_cflags=_FLAGS,

@@ -11,7 +11,7 @@ import otpe_cli.config  # noqa: F401  (registers the structured-config schemas)
 from helpers import compose_cfg, run_cli
 
 # The fused kernels' build cache, fixed before any test points HOME elsewhere (the W&B tests
-# do): otherwise every otpe-train those tests start builds the kernels anew (~25 s each).
+# do): otherwise every otpe-train those tests start builds the kernels anew (~45 s each).
 os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                       str(Path.home() / ".cache" / "torch_extensions"))
 
