@@ -1,6 +1,7 @@
 """The block operations of the passes, each run by its fused CPU kernel where one is usable
 (`kernels`: CPU tensors without a graph, the kernels built and checked), else by its plain
-torch op (`ops`, the definition). Both give the same bits."""
+torch op (`ops`, the definition). Both give the same bits, but for `trace_step`'s gradient,
+a sum over the batch in another order (equal to round-off)."""
 from __future__ import annotations
 
 import torch
@@ -50,3 +51,9 @@ def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """`ops.rate_spikes`."""
     fused = kernels.rate_spikes(keys, counts)
     return fused if fused is not None else ops.rate_spikes(keys, counts)
+
+
+def trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool) -> None:
+    """`ops.trace_step`."""
+    if not kernels.trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh):
+        ops.trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh)

@@ -4,7 +4,11 @@ Without autograd (the online rules' pass, and evaluation) a layer's K steps in a
 loop of small element-wise ops per step (`ops.membrane_step`), then the surrogate ψ over the
 block; the rules' leaky sums, reverse scans and suffix products, and BPTT's reverse scan
 through a layer's membranes (its backward pass, `bptt`), are loops of small ops too. On
-2 CPU cores their dispatch, not their arithmetic, is what costs. Each has a C++ loop here,
+2 CPU cores their dispatch, not their arithmetic, is what costs. Online mode adds two things it
+does at every time step: OSTL's and OTPE's per-sample traces, updated and contracted into the
+gradient (`ops.trace_step`: three passes over each trace as eager ops, one here), and the
+optimizer's step (Adamax with its finite check, torch.optim's arithmetic, in one call instead
+of some forty). Each has a C++ loop here,
 built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~45 s
 once, then cached; it needs a C++ compiler and ninja).
 
@@ -14,13 +18,17 @@ side of θ changes a spike; see `snn.BLOCK_STEPS`). Each loop rounds every opera
 torch op does: I + β·u as one fused multiply-add, as ATen's
 ``add(alpha=β)`` does on CPUs with FMA (the FMA instruction on CPUs with AVX2 and FMA, chosen
 at run time, the C library's exact ``fma`` elsewhere), nothing else contracted. When loaded,
-the kernels are checked against `ops` on random blocks in float32 and float64; if a single bit
-differs, or they cannot be built, `ops` is used and the reason is logged once (``status()``).
+the kernels are checked against `ops` (and Adamax against torch.optim's) on random blocks in
+float32 and float64; if a single bit differs, or they cannot be built, `ops` is used and the
+reason is logged once (``status()``). The trace step's gradient is the one sum in another
+order (over the batch in order, where the eager op is a batched matrix product), so it is
+checked to round-off of the size of its terms.
 ``OTPE_CLI_FUSED=0`` turns them off. One difference is left, below any value that matters:
 where an op has more than 32 768 elements, torch splits it across threads, and
 `torch.set_flush_denormal` holds only in the calling thread, so the plain ops flush some
-subnormals (< 1.2e-38 in float32) to zero and keep others, where the kernels, in one thread,
-flush them all. Such a value cannot move a membrane across θ.
+subnormals (< 1.2e-38 in float32) to zero and keep others, where the kernels flush them all
+(the trace step's threads take the calling thread's setting). Such a value cannot move a
+membrane across θ.
 
 The build:
 - Its cache (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``) holds one build per
@@ -55,6 +63,9 @@ _SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 // x86: a second copy of each loop for CPUs with AVX2 and FMA, chosen at run time (std::fma is
 // one instruction there, a library call otherwise); other CPUs compile one copy
@@ -259,6 +270,263 @@ torch::Tensor rate_spikes(torch::Tensor keys, torch::Tensor counts) {
   return out;
 }
 
+// whether the kernels run on these tensors (kernels._ready): CPU, float32 or float64 alike,
+// contiguous, not empty, no lazy negation, no graph (leaves: or parameters, which an optimizer
+// writes in place outside autograd)
+bool usable(const std::vector<torch::Tensor>& tensors, bool leaves) {
+  if (tensors.empty()) return false;
+  const auto dtype = tensors[0].scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return false;
+  for (const auto& t : tensors) {
+    if (!t.defined() || !t.device().is_cpu() || t.scalar_type() != dtype || !t.is_contiguous()
+        || t.numel() == 0 || t.is_neg() || (t.requires_grad() && !(leaves && t.is_leaf())))
+      return false;
+  }
+  return true;
+}
+
+// One online step of a layer's per-sample traces (B, O, I) (rules.ostl, rules.otpe), for the
+// output units [begin, end): ε[b,o,:] = fma(δ[b,o], ε[b,o,:], a[b,:]) (torch.addcmul(a, ε, δ));
+// with a post-synaptic trace R, R[b,o,:] = fma(c[b,o], ε[b,o,:], R[b,o,:]) (R.addcmul_(c, ε));
+// then grad_w[o,:] += Σ_b w[b,o]·X[b,o,:] for X = R, else ε, summed over b in order by fma
+// (one pass over the traces instead of one per op). fresh: ε and R are 0 before the step, and
+// their memory is not read. Samples go four at a time (the rows of one output unit for four
+// samples, so that each partial sum is loaded and stored once per four rows), then one by one.
+#define TRACE_ROW(k)                                                                 \
+  {                                                                                  \
+    T x = FRESH ? a##k[i] : std::fma(d##k, e##k[i], a##k[i]);                        \
+    e##k[i] = x;                                                                     \
+    if (POST) {                                                                      \
+      T y = FRESH ? c##k * x : std::fma(c##k, x, r##k[i]);                           \
+      r##k[i] = y;                                                                   \
+      s = std::fma(w##k, y, s);                                                      \
+    } else {                                                                         \
+      s = std::fma(w##k, x, s);                                                      \
+    }                                                                                \
+  }
+
+template <typename T, bool POST, bool FRESH>
+static inline __attribute__((always_inline)) void trace_rows4(
+    T* __restrict e0, T* __restrict e1, T* __restrict e2, T* __restrict e3, T* __restrict r0,
+    T* __restrict r1, T* __restrict r2, T* __restrict r3, const T* __restrict a0,
+    const T* __restrict a1, const T* __restrict a2, const T* __restrict a3, const T* d,
+    const T* c, const T* w, T* __restrict sum, int64_t I) {
+  const T d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+  const T c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+  const T w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t i = 0; i < I; ++i) {
+    T s = sum[i];
+    TRACE_ROW(0) TRACE_ROW(1) TRACE_ROW(2) TRACE_ROW(3)
+    sum[i] = s;
+  }
+}
+
+template <typename T, bool POST, bool FRESH>
+static inline __attribute__((always_inline)) void trace_rows1(
+    T* __restrict e0, T* __restrict r0, const T* __restrict a0, T d0, T c0, T w0,
+    T* __restrict sum, int64_t I) {
+  for (int64_t i = 0; i < I; ++i) {
+    T s = sum[i];
+    TRACE_ROW(0)
+    sum[i] = s;
+  }
+}
+#undef TRACE_ROW
+
+template <typename T, bool POST, bool FRESH>
+static inline __attribute__((always_inline)) void trace_block(
+    T* __restrict eps, T* __restrict post, const T* __restrict decay,
+    const T* __restrict inputs, const T* __restrict coef, const T* __restrict weight,
+    T* __restrict acc, int64_t begin, int64_t end, int64_t B, int64_t O, int64_t I) {
+  const int64_t row = O * I;  // from one sample's row of a unit to the next sample's
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) {
+    const T* a = inputs + b * I;
+    for (int64_t o = begin; o < end; ++o) {
+      T* e = eps + (b * O + o) * I;
+      T* r = POST ? post + (b * O + o) * I : nullptr;
+      T d[4], c[4], w[4];
+      for (int k = 0; k < 4; ++k) {
+        d[k] = decay[(b + k) * O + o];
+        c[k] = POST ? coef[(b + k) * O + o] : T(0);
+        w[k] = weight[(b + k) * O + o];
+      }
+      trace_rows4<T, POST, FRESH>(e, e + row, e + 2 * row, e + 3 * row, r,
+                                  POST ? r + row : nullptr, POST ? r + 2 * row : nullptr,
+                                  POST ? r + 3 * row : nullptr, a, a + I, a + 2 * I, a + 3 * I,
+                                  d, c, w, acc + (o - begin) * I, I);
+    }
+  }
+  for (; b < B; ++b) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t k = b * O + o;
+      trace_rows1<T, POST, FRESH>(eps + k * I, POST ? post + k * I : nullptr, inputs + b * I,
+                                  decay[k], POST ? coef[k] : T(0), weight[k],
+                                  acc + (o - begin) * I, I);
+    }
+  }
+}
+
+template <typename T>
+static inline __attribute__((always_inline)) void trace_rows(
+    T* __restrict eps, T* __restrict post, const T* __restrict decay,
+    const T* __restrict inputs, const T* __restrict coef, const T* __restrict weight,
+    T* __restrict grad_w, T* __restrict acc, int64_t begin, int64_t end, int64_t B, int64_t O,
+    int64_t I, bool fresh) {
+  // acc holds the gradient's rows [begin, end) until all B samples are summed
+  for (int64_t j = 0; j < (end - begin) * I; ++j) acc[j] = T(0);
+#define TRACE_BLOCK(POST, FRESH) \
+  trace_block<T, POST, FRESH>(eps, post, decay, inputs, coef, weight, acc, begin, end, B, O, I)
+  if (post && fresh) TRACE_BLOCK(true, true);
+  else if (post) TRACE_BLOCK(true, false);
+  else if (fresh) TRACE_BLOCK(false, true);
+  else TRACE_BLOCK(false, false);
+#undef TRACE_BLOCK
+  T* __restrict g = grad_w + begin * I;
+  for (int64_t j = 0; j < (end - begin) * I; ++j) g[j] = g[j] + acc[j];
+}
+
+TWICE(trace, { trace_rows<T>(eps, post, decay, inputs, coef, weight, grad_w, acc, begin, end, B, O,
+                             I, fresh); },
+      T* eps, T* post, const T* decay, const T* inputs, const T* coef, const T* weight,
+      T* grad_w, T* acc, int64_t begin, int64_t end, int64_t B, int64_t O, int64_t I,
+      bool fresh)
+
+// the caller's flush-to-zero and denormals-are-zero modes, for the threads of a parallel_for
+// (torch.set_flush_denormal sets them in the calling thread only)
+struct FloatModes {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned int caller = _mm_getcsr();
+  template <typename F> void run(F body) const {
+    unsigned int mine = _mm_getcsr();
+    _mm_setcsr(caller);
+    body();
+    _mm_setcsr(mine);
+  }
+#else
+  template <typename F> void run(F body) const { body(); }
+#endif
+};
+
+// (false, nothing done, where the kernels do not take these tensors)
+bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tensor decay,
+                torch::Tensor inputs, c10::optional<torch::Tensor> coef, torch::Tensor weight,
+                torch::Tensor grad_w, bool fresh) {
+  if (eps.dim() != 3 || post.has_value() != coef.has_value()) return false;
+  int64_t B = eps.size(0), O = eps.size(1), I = eps.size(2);
+  std::vector<torch::Tensor> all{eps, decay, inputs, weight, grad_w};
+  if (!decay.sizes().equals({B, O}) || !inputs.sizes().equals({B, I})
+      || !weight.sizes().equals({B, O}) || !grad_w.sizes().equals({O, I}))
+    return false;
+  if (post.has_value()) {
+    if (!post->sizes().equals(eps.sizes()) || !coef->sizes().equals({B, O})) return false;
+    all.push_back(*post);
+    all.push_back(*coef);
+  }
+  if (!usable(all, false)) return false;
+  FloatModes modes;
+  AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "trace_step", [&] {
+    using T = scalar_t;
+    auto run = has_fma() ? trace_fma<T> : trace_plain<T>;
+    T* e = eps.data_ptr<T>();
+    T* r = post.has_value() ? post->data_ptr<T>() : nullptr;
+    const T* c = coef.has_value() ? coef->data_ptr<T>() : nullptr;
+    const T* d = decay.data_ptr<T>();
+    const T* a = inputs.data_ptr<T>();
+    const T* w = weight.data_ptr<T>();
+    T* g = grad_w.data_ptr<T>();
+    int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, B * I));
+    at::parallel_for(0, O, grain, [&](int64_t begin, int64_t end) {
+      modes.run([&] {
+        std::vector<T> acc((end - begin) * I);
+        run(e, r, d, a, c, w, g, acc.data(), begin, end, B, O, I, fresh);
+      });
+    });
+  });
+  return true;
+}
+
+// Adamax, as torch.optim.adamax's single-tensor step rounds it on CPUs (checked when loaded):
+// g + λ·p as fma, exp_avg.lerp_(g, 1 − β1), max(β2·u, |g| + ε), p + (−lr_t·m)/u
+template <typename T>
+static inline __attribute__((always_inline)) void adamax_elements(
+    T* __restrict p, const T* __restrict grad, T* __restrict m, T* __restrict u, int64_t n,
+    T weight, T beta2, T eps, T neg_lr, T decay, bool decayed) {
+  const bool small = std::fabs(weight) < T(0.5);  // torch's lerp: the side its weight is on
+  for (int64_t j = 0; j < n; ++j) {
+    T g = decayed ? std::fma(decay, p[j], grad[j]) : grad[j];
+    T first = small ? std::fma(weight, g - m[j], m[j]) : std::fma(weight - T(1), g - m[j], g);
+    m[j] = first;
+    T a = u[j] * beta2, b = std::fabs(g) + eps;
+    T second = a < b ? b : a;
+    u[j] = second;
+    p[j] = p[j] + (neg_lr * first) / second;
+  }
+}
+
+TWICE(adamax, { adamax_elements<T>(p, grad, m, u, n, weight, beta2, eps, neg_lr, decay,
+                                   decayed); },
+      T* p, const T* grad, T* m, T* u, int64_t n, T weight, T beta2, T eps, T neg_lr, T decay,
+      bool decayed)
+
+// whether every value of every tensor is finite (x − x is 0 exactly then, NaN otherwise)
+bool all_finite(std::vector<torch::Tensor> tensors) {
+  for (auto& t : tensors) {
+    bool finite = true;
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "all_finite", [&] {
+      const scalar_t* x = t.data_ptr<scalar_t>();
+      int bad = 0;
+      for (int64_t j = 0, n = t.numel(); j < n; ++j) bad |= !(x[j] - x[j] == scalar_t(0));
+      finite = !bad;
+    });
+    if (!finite) return false;
+  }
+  return true;
+}
+
+// One Adamax step of every parameter, if every gradient is finite (else nothing changes and
+// it returns false); the step counts (0-dim) are counted up as torch.optim counts them
+// (−1, nothing done, where the kernels do not take these tensors)
+int64_t adamax_step(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
+                    std::vector<torch::Tensor> exp_avgs, std::vector<torch::Tensor> exp_infs,
+                    std::vector<torch::Tensor> steps, double lr, double beta1, double beta2,
+                    double eps, double weight_decay) {
+  const size_t n = params.size();
+  if (grads.size() != n || exp_avgs.size() != n || exp_infs.size() != n || steps.size() != n)
+    return -1;
+  std::vector<torch::Tensor> all(params);
+  for (auto* group : {&grads, &exp_avgs, &exp_infs}) {
+    for (size_t i = 0; i < n; ++i) {
+      if (!(*group)[i].defined() || !(*group)[i].sizes().equals(params[i].sizes())) return -1;
+      all.push_back((*group)[i]);
+    }
+  }
+  if (!usable(all, true)) return -1;
+  for (const auto& count : steps) {
+    if (!count.defined() || count.dim() != 0 || !count.device().is_cpu()
+        || (count.scalar_type() != at::kFloat && count.scalar_type() != at::kDouble))
+      return -1;
+  }
+  if (!all_finite(grads)) return 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    double step = 0;
+    AT_DISPATCH_FLOATING_TYPES(steps[i].scalar_type(), "adamax_count", [&] {
+      scalar_t* count = steps[i].data_ptr<scalar_t>();
+      count[0] = count[0] + scalar_t(1);
+      step = static_cast<double>(count[0]);
+    });
+    const double neg_lr = -(lr / (1 - std::pow(beta1, step)));  // as torch's Python computes it
+    AT_DISPATCH_FLOATING_TYPES(params[i].scalar_type(), "adamax_step", [&] {
+      using T = scalar_t;
+      auto run = has_fma() ? adamax_fma<T> : adamax_plain<T>;
+      run(params[i].data_ptr<T>(), grads[i].data_ptr<T>(), exp_avgs[i].data_ptr<T>(),
+          exp_infs[i].data_ptr<T>(), params[i].numel(), (T)(1 - beta1), (T)beta2, (T)eps,
+          (T)neg_lr, (T)weight_decay, weight_decay != 0);
+    });
+  }
+  return 1;
+}
+
 std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, double beta,
                                      double theta, double slope) {
   auto spikes = torch::empty_like(current);
@@ -277,7 +545,7 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
 #: comparison vectorise (it changes no result); -fopenmp: at::parallel_for uses torch's threads
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
 _FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products",
-              "membrane_adjoint", "rate_spikes"]
+              "membrane_adjoint", "rate_spikes", "trace_step", "adamax_step", "usable"]
 #: seconds to wait for another process's build before running the plain ops
 DEFAULT_WAIT_S = 300.0
 
@@ -346,11 +614,69 @@ def _check(module) -> str | None:
             counts = torch.randint(-1, shape[2] + 1, (len(keys),), generator=g)
             pairs.append(("rate code", ops.rate_spikes(keys, counts),
                           module.rate_spikes(keys, counts)))
-            for name, a, b in pairs:
+            pairs += _trace_step_pairs(module, rand, dtype)
+            pairs += _adamax_pairs(module, rand)
+            for name, a, b, *size in pairs:
+                if size:  # a sum in another order: equal to round-off of its terms' size
+                    ulps = 64 * torch.finfo(dtype).eps
+                    if not bool(((a - b).abs() <= ulps * size[0]).all()):
+                        return f"its {name} is not the plain ops' to round-off ({dtype})"
+                    continue
                 if not torch.equal(a, b):
                     return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
                             f"of {a.numel()} values ({dtype})")
     return None
+
+
+def _trace_step_pairs(module, rand, dtype) -> list:
+    """The fused online trace step against `ops.trace_step`, without and with a post-synaptic
+    trace, from zero and not: (name, plain, fused) for ε and R, to the bit, and (name, plain,
+    fused, the size of its terms) for the gradient, a sum over the batch in another order."""
+    pairs = []
+    B, O, I = 6, 5, 19
+    for post, fresh in ((False, True), (False, False), (True, True), (True, False)):
+        traces = [rand(B, O, I) for _ in range(2 if post else 1)]
+        decay, weight, coef = rand(B, O), rand(B, O), rand(B, O)
+        inputs, grad_w = rand(B, I), rand(O, I)
+        runs = []
+        for step in (ops.trace_step, module.trace_step):
+            mine = [t.clone() for t in traces]
+            grad = grad_w.clone()
+            step(mine[0], mine[1] if post else None, decay, inputs, coef if post else None,
+                 weight, grad, fresh)
+            runs.append((mine, grad))
+        (plain, grad_plain), (fused, grad_fused) = runs
+        size = grad_w.abs() + torch.einsum("bi,bij->ij", weight.abs(), plain[-1].abs())
+        what = f"online trace step ({'OTPE' if post else 'OSTL'}{', fresh' if fresh else ''})"
+        pairs += [(what, a, b) for a, b in zip(plain, fused)]
+        pairs.append((what + "'s gradient", grad_plain, grad_fused, size))
+    return pairs
+
+
+def _adamax_pairs(module, rand) -> list:
+    """Three fused Adamax steps against torch.optim's (with weight decay, and β1 on either side
+    of torch's lerp switch): (name, torch's, fused) for the parameters and the state."""
+    from torch.optim.adamax import adamax
+
+    pairs = []
+    for beta1, decay in ((0.9, 0.0), (0.3, 0.01)):
+        params = [rand(4, 9), rand(7), rand(33)]
+        steps = [[rand(*t.shape) * 10.0 ** (k - 1) for t in params] for k in range(3)]
+        runs = []
+        for fused in (False, True):
+            p = [t.clone() for t in params]
+            first, second = [torch.zeros_like(t) for t in p], [torch.zeros_like(t) for t in p]
+            counts = [torch.tensor(0.0) for _ in p]
+            for grads in steps:
+                if fused:
+                    module.adamax_step(p, grads, first, second, counts, 0.01, beta1, 0.999,
+                                       1e-8, decay)
+                else:
+                    adamax(p, grads, first, second, counts, eps=1e-8, beta1=beta1, beta2=0.999,
+                           lr=0.01, weight_decay=decay, foreach=False, maximize=False)
+            runs.append(p + first + second + counts)
+        pairs += [(f"Adamax step (β1 = {beta1})", a, b) for a, b in zip(*runs)]
+    return pairs
 
 
 class _BuildLock:
@@ -451,18 +777,19 @@ def load() -> str:
     return status()
 
 
-def _ready(*tensors: torch.Tensor) -> bool:
+def _ready(*tensors: torch.Tensor, leaves: bool = False) -> bool:
     """Whether the kernels run on these tensors (loading them on first use): CPU, float32 or
-    float64 alike, contiguous, not empty, no graph, no lazy negation."""
-    t = tensors[0]
-    if not all(x.device.type == "cpu" and x.dtype == t.dtype and x.is_contiguous()
-               and x.numel() > 0 and not x.requires_grad and not x.is_neg()
-               for x in tensors):
-        return False
-    if t.dtype not in (torch.float32, torch.float64):
-        return False
-    load()
-    return _module is not None
+    float64 alike, contiguous, not empty, no graph (``leaves``: or parameters, which an
+    optimizer writes in place outside autograd), no lazy negation."""
+    if _module is None:  # (not built for tensors no kernel could take)
+        t = tensors[0]
+        if _unusable is not None or t.device.type != "cpu" or t.dtype not in (torch.float32,
+                                                                              torch.float64):
+            return False
+        load()
+        if _module is None:
+            return False
+    return _module.usable(tensors, leaves)  # (the checks in C++: this runs at every step)
 
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
@@ -525,6 +852,28 @@ def rate_spikes(keys: torch.Tensor, counts: torch.Tensor):
             or not counts.is_contiguous() or not _ready(keys)):
         return None
     return _module.rate_spikes(keys, counts)
+
+
+def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torch.Tensor,
+               inputs: torch.Tensor, coef: torch.Tensor | None, weight: torch.Tensor,
+               grad_w: torch.Tensor, fresh: bool) -> bool:
+    """`ops.trace_step` fused (one pass over the traces; the gradient's sum over the batch in
+    another order than bmm's, equal to round-off); False where the kernels are not used (the
+    kernel checks the shapes)."""
+    return _ready(eligibility) and _module.trace_step(eligibility, post, decay, inputs, coef,
+                                                      weight, grad_w, fresh)
+
+
+def adamax_step(params, grads, exp_avgs, exp_infs, steps, lr: float, beta1: float,
+                beta2: float, eps: float, weight_decay: float) -> bool | None:
+    """One Adamax step of every parameter, torch.optim's to the bit, if every gradient is
+    finite: True; False (nothing changed) if one is not; None where the kernels are not used
+    (the kernel checks the tensors)."""
+    if not params or not _ready(params[0], leaves=True):
+        return None
+    done = _module.adamax_step(params, grads, exp_avgs, exp_infs, steps, lr, beta1, beta2, eps,
+                               weight_decay)
+    return None if done < 0 else bool(done)
 
 
 def status() -> str:

@@ -161,6 +161,28 @@ def contract_batch(d: torch.Tensor, trace: torch.Tensor, grad_w: torch.Tensor) -
     grad_w.add_(torch.bmm(d.t().contiguous().unsqueeze(1), trace.transpose(0, 1)).squeeze(1))
 
 
+def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torch.Tensor,
+               inputs: torch.Tensor, coef: torch.Tensor | None, weight: torch.Tensor,
+               grad_w: torch.Tensor, fresh: bool = False) -> None:
+    """One time step of a layer's per-sample traces (B, N_out, N_in) and the gradient they
+    give (`rules.ostl`, `rules.otpe`): ε ← δ ⊙row ε + 1·aᵀ for decay δ (B, N_out) and inputs
+    a (B, N_in); with a post-synaptic trace R, R ← R + coef ⊙row ε; then grad_w[i, j] +=
+    Σ_b weight[b, i]·X[b, i, j] for X = R, else ε. ``fresh``: ε and R are 0 before the step,
+    and their memory is not read (it may be uninitialised)."""
+    if fresh:
+        eligibility.copy_(inputs.unsqueeze(1).expand_as(eligibility))
+    else:
+        torch.addcmul(inputs.unsqueeze(1), eligibility, decay.unsqueeze(2), out=eligibility)
+    if post is None:
+        contract_batch(weight, eligibility, grad_w)
+        return
+    if fresh:
+        torch.mul(eligibility, coef.unsqueeze(2), out=post)
+    else:
+        post.addcmul_(coef.unsqueeze(2), eligibility)
+    contract_batch(weight, post, grad_w)
+
+
 def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Randman's rate code (SPEC §6): each row of ``keys`` (R, T) ranks the T steps at random,
     and the row's ``counts`` + 1 steps of lowest key (ties in step order) spike: (R, T) bool."""

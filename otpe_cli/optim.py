@@ -5,16 +5,21 @@ and its twins, one tensor at a time), with the state kept here.
 torch.optim's classes route every call through torch.compile's hooks: a process's first step
 imports torch._dynamo (~2 s of start-up on 2 CPU cores) and each step adds ~0.2 ms of Python,
 where online mode steps at every time step. The functional forms compute the same bits without
-either. `Optimizer.state_dict` has torch.optim's layout (``{"state": {i: …}, "param_groups":
+either. On CPU tensors, Adamax runs as one fused kernel (`kernels.adamax_step`: the finite
+check and every parameter's update in one call, torch's bits, checked when loaded). `Optimizer.state_dict` has torch.optim's layout (``{"state": {i: …}, "param_groups":
 […]}``), so a checkpoint holds the same dictionary as with the class, and either loads into the
 other.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim.adam import adam
 from torch.optim.adamax import adamax
 from torch.optim.sgd import sgd
+
+from . import kernels
 
 #: torch's default ε for Adam and Adamax
 EPS = 1e-8
@@ -63,10 +68,31 @@ class Optimizer:
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @torch.no_grad()
-    def step(self, grads) -> None:
+    def step_if_finite(self, grads) -> bool:
+        """`step(grads)` if every gradient is finite (True); else nothing changes (False)."""
         grads = list(grads)
+        if self.name == "adamax":
+            self._start_once()
+            state = self.state
+            fused = kernels.adamax_step(
+                self.params, grads, [s["exp_avg"] for s in state],
+                [s["exp_inf"] for s in state], [s["step"] for s in state], self.lr,
+                self.betas[0], self.betas[1], EPS, self.weight_decay)
+            if fused is not None:
+                return fused
+        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all()):
+            return False  # (the largest magnitude is NaN or inf exactly when some entry is)
+        self.step(grads)
+        return True
+
+    def _start_once(self) -> None:
         if not self.state[0] and self.name != "sgd":  # (every parameter steps, or none)
             self._start()
+
+    @torch.no_grad()
+    def step(self, grads) -> None:
+        grads = list(grads)
+        self._start_once()
         common = {"foreach": False, "maximize": False, "lr": self.lr,
                   "weight_decay": self.weight_decay}
         if self.name == "sgd":

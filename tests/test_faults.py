@@ -105,9 +105,11 @@ def count_updates(monkeypatch) -> list:
     applied = []
     original = Trainer._apply
 
-    def _apply(self, grads):
-        applied.append(self.iteration + 1)
-        return original(self, grads)
+    def _apply(self, grads, **kw):
+        taken = original(self, grads, **kw)
+        if taken:
+            applied.append(self.iteration + 1)
+        return taken
 
     monkeypatch.setattr(Trainer, "_apply", _apply)
     return applied

@@ -91,3 +91,42 @@ def test_a_state_of_another_model_is_refused_in_words():
     other = Optimizer("adamax", params(torch.float32)[:2], lr=1e-3)
     with pytest.raises(ValueError, match="has 2 parameters in 1 groups; this model has 4"):
         ours.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, ours_kw, torch_kw", CASES)
+def test_step_if_finite_is_torch_optims_step_and_skips_a_non_finite_gradient(
+        name, ours_kw, torch_kw, dtype, fused, monkeypatch):
+    """Online mode's step (on CPUs Adamax's is one fused kernel, `kernels.adamax_step`): the
+    bits of torch.optim's step, with the kernels and without; a gradient with a NaN or an inf
+    anywhere changes nothing (parameters, state, step count) and returns False."""
+    from otpe_cli import kernels
+
+    if fused:
+        kernels.load()
+        if name == "adamax" and kernels.status() != "used":
+            pytest.skip(f"no fused kernels here: {kernels.status()}")
+    else:
+        monkeypatch.setattr(kernels, "_module", None)
+        monkeypatch.setattr(kernels, "_unusable", "off in this test")
+    mine, theirs = params(dtype), params(dtype)
+    ours = Optimizer(name, mine, lr=3e-3, weight_decay=0.01, **ours_kw)
+    ref = CLASSES[name](theirs, lr=3e-3, weight_decay=0.01, **torch_kw)
+    for step in range(6):
+        grads = gradients(step, dtype)
+        if step in (2, 4):
+            bad = [g.clone() for g in grads]
+            bad[-1][-1] = float("nan") if step == 2 else -float("inf")
+            before = copy.deepcopy((mine, ours.state_dict()))
+            assert ours.step_if_finite(bad) is False
+            assert same(mine, before[0])
+            state = ours.state_dict()["state"]
+            assert all(torch.equal(v, before[1]["state"][i][k])
+                       for i, entries in state.items() for k, v in entries.items())
+        assert ours.step_if_finite(grads) is True
+        torch_step(ref, theirs, grads)
+        assert same(mine, theirs), (name, step)
+    expected = ref.state_dict()["state"]
+    assert all(torch.equal(ours.state_dict()["state"][i][k], v)
+               for i, entries in expected.items() for k, v in entries.items())

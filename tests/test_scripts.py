@@ -52,7 +52,8 @@ def test_benchmark_reports_every_algorithm_the_floor_and_memory(tmp_path):
                  "per-draw batch / OTPE sequence gradient:",
                  "bptt / plain per-step autograd BPTT:", "(target ≤ 0.35",
                  "BPTT / its matrix products:", "bptt with checkpoint_blocks / bptt:",
-                 "otpe / ostl through sequence_gradients:", "online / offline training"):
+                 "otpe / ostl through sequence_gradients:", "online / offline training",
+                 "online's floor (bare, same shapes)", "floor / offline"):
         assert line in out, line
 
 
@@ -69,11 +70,13 @@ def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
     assert "bptt / plain per-step autograd BPTT:" in out
     assert sorted(figures["api_online_s"]) == [
         "Algorithm.gradients:otpe", "offline:otpe", "online floor:Adamax steps",
-        "online floor:matrix products", "online:otpe", "sequence_gradients:otpe"]
+        "online floor:matrix products", "online floor:trace passes otpe", "online:otpe",
+        "sequence_gradients:otpe"]
     assert all(t > 0 for t in figures["api_online_s"].values())
     assert "online / offline training iteration, worst rule (otpe):" in out
     assert "(target ≤ 1.6)" in out and "through sequence_gradients" not in out
-    assert "online's floor, against the fastest offline iteration (otpe)" in out
+    assert "one pass over the per-sample traces per step: otpe " in out
+    assert "floor / offline" in out
 
 
 def test_benchmark_without_bptt_times_none_of_its_comparisons(tmp_path):

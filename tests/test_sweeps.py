@@ -378,13 +378,16 @@ def test_a_parallel_sweep_stopped_by_a_signal_checkpoints_its_jobs_and_resumes(t
     exe = Path(sys.executable).with_name("otpe-train")
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
+    # two jobs of about the same speed run first, each long enough to be running still when
+    # the other has started, however busy the machine (one finished alone cannot be stopped)
+    iterations = 1500
     command = [str(exe) if exe.exists() else "otpe-train", "-m", *TINY_SWEEP,
-               "trainer.iterations=300", "trainer.log_every=1", "trainer.progress=none",
-               "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
-               "algorithm=ottt,otpe,ostl", f"hydra.sweep.dir={sweep}"]
+               f"trainer.iterations={iterations}", "trainer.log_every=1",
+               "trainer.progress=none", "hydra/launcher=local_parallel",
+               "hydra.launcher.n_jobs=2", "algorithm=otpe,ostl,ottt", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    running = [sweep / "0_ottt_d3_s0", sweep / "1_otpe_d3_s0"]
+    running = [sweep / "0_otpe_d3_s0", sweep / "1_ostl_d3_s0"]
     deadline = time.monotonic() + 120
     while not all((d / "metrics.jsonl").exists()
                   and (d / "metrics.jsonl").read_text().count("\n") >= 2 for d in running):
@@ -398,16 +401,17 @@ def test_a_parallel_sweep_stopped_by_a_signal_checkpoints_its_jobs_and_resumes(t
             "to resume.") in err
     for job in running:
         stopped = summary(job)
-        assert stopped["status"] == "interrupted" and stopped["iter"] < 300, stopped
+        assert stopped["status"] == "interrupted" and stopped["iter"] < iterations, stopped
         assert (job / "checkpoint.pt").exists()
-    assert not (sweep / "2_ostl_d3_s0" / "metrics.jsonl").exists()  # skipped, not started
+    assert not (sweep / "2_ottt_d3_s0" / "metrics.jsonl").exists()  # skipped, not started
 
     res = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    for job in [*running, sweep / "2_ostl_d3_s0"]:
+    for job in [*running, sweep / "2_ottt_d3_s0"]:
         assert summary(job)["status"] == "finished"
-        assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(range(1, 301))
+        assert [r["iter"] for r in read_metrics(job / "metrics.jsonl")] == list(
+            range(1, iterations + 1))
 
 
 def _children(pid: int) -> set[int]:

@@ -52,13 +52,13 @@ def test_online_updates_change_parameters_mid_sequence(make_cfg, tmp_path, alg):
                     "trainer.iterations=1", "dataset.num_steps=12", *TINY])
     trainer = Trainer(cfg, tmp_path)
     steps = []
-    original = trainer.optimizer.step
+    original = trainer.optimizer.step_if_finite
 
     def counting_step(*a, **k):
         steps.append(trainer.model.layers[0].weight.detach().clone())
         return original(*a, **k)
 
-    trainer.optimizer.step = counting_step
+    trainer.optimizer.step_if_finite = counting_step
     trainer.train()
     assert len(steps) == 12  # one optimizer step per time step
     assert not torch.equal(steps[0], steps[-1])

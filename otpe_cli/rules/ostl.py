@@ -6,7 +6,8 @@ We store ε rather than E: ε_t = δ_t ⊙row ε_{t−1} + 1·a_tᵀ with δ_t =
 never has to be materialised. Layout (B, N_out, N_in): a block adds into it with one batched
 matrix product per sample (`advance_trace`).
 
-One step (online, or a last block of one step) is the recurrence as written. The K steps of a
+One step (online, or a last block of one step) is the recurrence as written, the trace's
+update and its contraction in one pass over ε (`trace_step`). The K steps of a
 block (see `base`) are summed exactly with three passes over ε (a contraction, a multiply and
 a batched product added in place) instead of three per step: with λ_k the reverse scan
 λ_k = d_k + δ_{k+1}·λ_{k+1} of d_k = e_k ⊙ ψ_k,
@@ -22,7 +23,7 @@ block gives ε back to the pass's `TracePool`.
 """
 import torch
 
-from ..compute import reverse_scan, suffix_products
+from ..compute import reverse_scan, suffix_products, trace_step
 from ..ops import advance_trace, contract_batch
 from .base import LayerRule
 
@@ -42,8 +43,7 @@ class OSTL(LayerRule):
     def accumulate(self, e, grad_w, grad_b, final=False):
         d = e * self.psi
         if len(d) == 1:
-            self._step_eligibility()
-            contract_batch(d[0], self.eligibility, grad_w)
+            self._step(d[0], grad_w)
             grad_b.add_((d[0] * self.bias_eligibility).sum(0))
         else:
             decays = self._block_decays()
@@ -52,12 +52,15 @@ class OSTL(LayerRule):
             self._give_back_traces()
         return d  # m_t = ψ_t
 
-    def _step_eligibility(self):
-        """One step: ε ← δ ⊙row ε + 1·aᵀ, ε^b ← δ·ε^b + 1, and the next step's δ."""
-        if self.eligibility is None:
-            self.eligibility = self._new_trace().zero_()
-        torch.addcmul(self.inputs[0].unsqueeze(1), self.eligibility, self._decay.unsqueeze(2),
-                      out=self.eligibility)
+    def _step(self, weight, grad_w, post=None, coef=None):
+        """One step: ε ← δ ⊙row ε + 1·aᵀ (and OTPE's R̃ ← R̃ + coef ⊙row ε), grad_w +=
+        Σ_b weight ⊙row (R̃, else ε), in one pass over the traces (`trace_step`); then
+        ε^b ← δ·ε^b + 1 and the next step's δ."""
+        fresh = self.eligibility is None
+        if fresh:
+            self.eligibility = self._new_trace()
+        trace_step(self.eligibility, post, self._decay, self.inputs[0], coef, weight, grad_w,
+                   fresh)
         self.bias_eligibility.mul_(self._decay).add_(1.0)
         self._decay_after(self.psi[0], self._decay)
 

@@ -4,7 +4,7 @@
 
 Used at the output too (OTPE-front), where e = ∂L_t/∂o_t.
 
-One step is the recurrence as written. A block of K ≥ 2 steps (see `base` and `ostl`) is
+One step is the recurrence as written, ε, R̃ and the contraction in one pass (`trace_step`). A block of K ≥ 2 steps (see `base` and `ostl`) is
 summed with the reverse scans μ_k = e_k + β·μ_{k+1} (what R̂_k is worth to the block's
 gradient) and ρ_k = β^{K−k}ψ_k + δ_{k+1}·ρ_{k+1} (what ε_k is worth to R̂_K):
 
@@ -53,13 +53,11 @@ class OTPE(OSTL):
     def accumulate(self, e, grad_w, grad_b, final=False):
         if len(e) == 1:
             psi = self.psi[0]
-            self._step_eligibility()
             self._decay_post_synaptic(self.beta)
-            if self.post_synaptic_trace is None:
-                self.post_synaptic_trace = self._new_trace().zero_()
-            self.post_synaptic_trace.addcmul_(psi.unsqueeze(2) / self.scale, self.eligibility)
+            if self.post_synaptic_trace is None:  # (made with ε, at the first step)
+                self.post_synaptic_trace = self._new_trace()
+            self._step(e[0] * self.scale, grad_w, self.post_synaptic_trace, psi / self.scale)
             self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
-            contract_batch(e[0] * self.scale, self.post_synaptic_trace, grad_w)
             grad_b.add_((e[0] * self.bias_post_synaptic_trace).sum(0))
         else:
             self._block(e, grad_w, grad_b, final)
