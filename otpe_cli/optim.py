@@ -5,10 +5,11 @@ and its twins, one tensor at a time), with the state kept here.
 torch.optim's classes route every call through torch.compile's hooks: a process's first step
 imports torch._dynamo (~2 s of start-up on 2 CPU cores) and each step adds ~0.2 ms of Python,
 where online mode steps at every time step. The functional forms compute the same bits without
-either. On CPU tensors, Adamax runs as one fused kernel (`kernels.adamax_step`: the finite
-check and every parameter's update in one call, torch's bits, checked when loaded). `Optimizer.state_dict` has torch.optim's layout (``{"state": {i: …}, "param_groups":
-[…]}``), so a checkpoint holds the same dictionary as with the class, and either loads into the
-other.
+either. Online mode's ``step_if_finite`` runs Adamax on CPU tensors as one fused kernel
+(`kernels.adamax_step`: the finite check and every parameter's update in one call, torch's
+bits, checked when loaded). `Optimizer.state_dict` has torch.optim's layout (``{"state": {i:
+…}, "param_groups": […]}``), so a checkpoint holds the same dictionary as with the class, and
+either loads into the other.
 """
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ EPS = 1e-8
 #: the state each optimizer keeps per parameter (the step count aside)
 STATE_KEYS = {"adamax": ("exp_avg", "exp_inf"), "adam": ("exp_avg", "exp_avg_sq"),
               "sgd": ("momentum_buffer",)}
+
+
+def all_finite(tensors) -> bool:
+    """Whether every entry of every tensor is finite: one device sync and few ops for all of
+    them (the largest magnitude is NaN or inf exactly when some entry is, and never
+    overflows)."""
+    tensors = list(tensors)
+    return not tensors or bool(
+        torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all())
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -80,8 +90,8 @@ class Optimizer:
                 self.betas[0], self.betas[1], EPS, self.weight_decay)
             if fused is not None:
                 return fused
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all()):
-            return False  # (the largest magnitude is NaN or inf exactly when some entry is)
+        if not all_finite(grads):
+            return False
         self.step(grads)
         return True
 

@@ -27,7 +27,7 @@ from .launch.signals import Interrupted, StopRequest, recording
 from .logs import (RunLogger, SUMMARY_NAME, ensure_writable, read_metrics,
                    silent_output_warning)
 from .memory import check_memory
-from .optim import Optimizer
+from .optim import Optimizer, all_finite
 from .snn import SNN
 
 log = logging.getLogger("otpe-train")
@@ -171,10 +171,7 @@ class Trainer:
         """True when the loss and every gradient are finite. Otherwise ``on_nan=stop`` raises
         NonFiniteError (nothing is saved: checkpoint.pt keeps the last good state) and
         ``on_nan=skip`` counts the skipped update (when ``count``) and returns False."""
-        # one device sync, few ops for all tensors; the largest magnitude is NaN or inf
-        # exactly when some entry is, and never overflows
-        if math.isfinite(loss) and (not grads or bool(
-                torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())):
+        if math.isfinite(loss) and all_finite(grads):
             return True
         bad = [n for n, g in zip(self.param_names, grads) if not bool(torch.isfinite(g).all())]
         if self.cfg.trainer.on_nan == "stop":

@@ -530,7 +530,8 @@ def main(argv=None):
         passes = {what[len("trace passes "):]: v for (kind, what), v in api.items()
                   if kind == "online floor" and what.startswith("trace passes ")}
         print(f"online's floor (bare, same shapes): the per-step matrix products "
-              f"{step_products:.4f} s, {args.steps} fused Adamax steps {adamax_steps:.4f} s, one pass "
+              f"{step_products:.4f} s, {args.steps} Adamax steps (online's, fused on CPUs) "
+              f"{adamax_steps:.4f} s, one pass "
               "over the per-sample traces per step: "
               + ", ".join(f"{n} {v:.4f} s" for n, v in passes.items()))
         print(f"{'rule':<15}{'online / offline':>18}{'floor / offline':>17}")

@@ -7,9 +7,9 @@ never has to be materialised. Layout (B, N_out, N_in): a block adds into it with
 matrix product per sample (`advance_trace`).
 
 One step (online, or a last block of one step) is the recurrence as written, the trace's
-update and its contraction in one pass over ε (`trace_step`). The K steps of a
-block (see `base`) are summed exactly with three passes over ε (a contraction, a multiply and
-a batched product added in place) instead of three per step: with λ_k the reverse scan
+update and its contraction in one pass over ε (`trace_step`). The K steps of a block (see
+`base`) are summed exactly with three passes over ε (a contraction, a multiply and a batched
+product added in place) instead of three per step: with λ_k the reverse scan
 λ_k = d_k + δ_{k+1}·λ_{k+1} of d_k = e_k ⊙ ψ_k,
 
     Σ_k d_k ⊙row ε_k = (δ_1 λ_1) ⊙row ε_0 + Σ_k λ_k a_kᵀ        (contracted over the batch)

@@ -4,9 +4,10 @@
 
 Used at the output too (OTPE-front), where e = ∂L_t/∂o_t.
 
-One step is the recurrence as written, ε, R̃ and the contraction in one pass (`trace_step`). A block of K ≥ 2 steps (see `base` and `ostl`) is
-summed with the reverse scans μ_k = e_k + β·μ_{k+1} (what R̂_k is worth to the block's
-gradient) and ρ_k = β^{K−k}ψ_k + δ_{k+1}·ρ_{k+1} (what ε_k is worth to R̂_K):
+One step is the recurrence as written: ε, R̃ and the contraction in one pass (`trace_step`).
+A block of K ≥ 2 steps (see `base` and `ostl`) is summed with the reverse scans
+μ_k = e_k + β·μ_{k+1} (what R̂_k is worth to the block's gradient) and
+ρ_k = β^{K−k}ψ_k + δ_{k+1}·ρ_{k+1} (what ε_k is worth to R̂_K):
 
     Σ_k e_k ⊙row R̂_k = β μ_1 ⊙row R̂_0 + Σ_k (ψ_k μ_k) ⊙row ε_k      (the second as in OSTL)
     R̂_K = β^K R̂_0 + (δ_1 ρ_1) ⊙row ε_0 + Σ_k ρ_k a_kᵀ.
