@@ -59,11 +59,33 @@ def build_optimizer(cfg, params) -> Optimizer:
                      weight_decay=cfg.weight_decay, momentum=cfg.get("momentum"))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the high-water mark of `peak_memory_mb` from what the process holds now, so that
+    a run measures its own peak, not that of the runs before it in the same process (a sweep
+    through Hydra's basic launcher): CUDA's peak statistics, and on Linux the peak resident set
+    (writing 5 to /proc/self/clear_refs). Elsewhere the mark stays the process's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """The process's memory high-water mark so far: CUDA's maximum allocated on a GPU, else the
-    peak resident set (Linux ru_maxrss, in KiB)."""
+    """The memory high-water mark since `reset_peak_memory`: CUDA's maximum allocated on a GPU,
+    else the peak resident set (Linux VmHWM; ru_maxrss, the process's, where there is none)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -316,6 +338,7 @@ class Trainer:
         if self.device.type == "cpu":  # built (or waited for) before the loop, where a stop
             kernels.load()             # signal still stops the start-up at once
         self.logger.drop_stale_summary()  # under way again (a stop before this keeps it)
+        reset_peak_memory(self.device)
         self._t0 = time.time()
         with recording(self.stop):
             try:

@@ -1,6 +1,7 @@
 """Short real training runs through the shared trainer (compose API → cli.run)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,3 +318,16 @@ def test_time_and_peak_memory_are_logged_and_summarised(make_cfg, tmp_path):
     peaks = [r["memory/peak_mb"] for r in rows]
     assert peaks == sorted(peaks) and summary["memory/peak_mb"] >= peaks[-1]
     assert 0 < summary["time/iter_s"] < summary["wall_time_s"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's peak RSS reset")
+def test_a_run_measures_its_own_peak_memory_not_the_process_before_it(make_cfg, tmp_path):
+    """As in a sweep through the basic launcher (every run in one process): memory the process
+    held and gave back before the run does not count in the run's memory/peak_mb."""
+    import resource
+
+    big = torch.ones(400 * 2**20 // 4)  # 400 MiB touched, then handed back to the OS
+    del big
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = run(make_cfg(["dataset=trandman", "trainer.iterations=3", *TINY]), tmp_path)
+    assert 10 < summary["memory/peak_mb"] < before - 200, (summary["memory/peak_mb"], before)

@@ -26,7 +26,7 @@ CSV_METRICS = ("test/acc", "best/test_acc", "best/test_acc_iter", "val/acc", "be
                "wall_time_s", "skipped_updates")
 #: what each run costs, tabulated per algorithm: (metric, title, decimals)
 COST_METRICS = (("time/iter_s", "seconds per training iteration, mean over the run", 4),
-                ("memory/peak_mb", "peak memory of the process in MB (CPU: resident set; "
+                ("memory/peak_mb", "peak memory of the run in MB (CPU: resident set; "
                                    "CUDA: allocated)", 1))
 
 
