@@ -581,14 +581,15 @@ def _check(module) -> str | None:
     """None if every kernel reproduces its plain ops bit for bit here, else what differed."""
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
+        rand = lambda *size: torch.randn(*size, generator=g).to(dtype)  # noqa: E731
+        pairs = _trace_step_pairs(module, rand, dtype) + _adamax_pairs(module, rand)
         for shape in ((25, 16, 40), (7, 3, 5)):  # (vector bodies and scalar tails)
-            rand = lambda *size: torch.randn(*size, generator=g).to(dtype)  # noqa: E731
             current, u = rand(*shape) * 0.7 + 0.3, torch.full(shape[1:], 0.5, dtype=dtype)
             v, u_k = current.clone(), u.clone()
             got = (v, *module.lif_block(v, u_k, 0.95, 1.0, 25.0), u_k)
             want = _eager_membrane(current, u.clone(), 0.95, 1.0, 25.0)
-            pairs = list(zip(("membrane v", "spikes", "ψ", "u"),
-                             (want[0], want[1], want[3], want[2]), got))
+            pairs += zip(("membrane v", "spikes", "ψ", "u"),
+                         (want[0], want[1], want[3], want[2]), got)
             direct, decays, state = rand(*shape), rand(*shape), rand(*shape[1:])
             stacked = rand(shape[0], 2, *shape[1:])
             kept = state.clone()
@@ -614,17 +615,15 @@ def _check(module) -> str | None:
             counts = torch.randint(-1, shape[2] + 1, (len(keys),), generator=g)
             pairs.append(("rate code", ops.rate_spikes(keys, counts),
                           module.rate_spikes(keys, counts)))
-            pairs += _trace_step_pairs(module, rand, dtype)
-            pairs += _adamax_pairs(module, rand)
-            for name, a, b, *size in pairs:
-                if size:  # a sum in another order: equal to round-off of its terms' size
-                    ulps = 64 * torch.finfo(dtype).eps
-                    if not bool(((a - b).abs() <= ulps * size[0]).all()):
-                        return f"its {name} is not the plain ops' to round-off ({dtype})"
-                    continue
-                if not torch.equal(a, b):
-                    return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
-                            f"of {a.numel()} values ({dtype})")
+        for name, a, b, *size in pairs:
+            if size:  # a sum in another order: equal to round-off of its terms' size
+                ulps = 64 * torch.finfo(dtype).eps
+                if not bool(((a - b).abs() <= ulps * size[0]).all()):
+                    return f"its {name} is not the plain ops' to round-off ({dtype})"
+                continue
+            if not torch.equal(a, b):
+                return (f"its {name} differs from the plain ops' in {int((a != b).sum())} "
+                        f"of {a.numel()} values ({dtype})")
     return None
 
 
@@ -777,19 +776,22 @@ def load() -> str:
     return status()
 
 
-def _ready(*tensors: torch.Tensor, leaves: bool = False) -> bool:
-    """Whether the kernels run on these tensors (loading them on first use): CPU, float32 or
-    float64 alike, contiguous, not empty, no graph (``leaves``: or parameters, which an
-    optimizer writes in place outside autograd), no lazy negation."""
-    if _module is None:  # (not built for tensors no kernel could take)
-        t = tensors[0]
+def _loaded(t: torch.Tensor) -> bool:
+    """Whether the kernels are loaded, loading them on first use by a tensor a kernel could
+    take (CPU, float32 or float64: nothing is built for the others)."""
+    if _module is None:
         if _unusable is not None or t.device.type != "cpu" or t.dtype not in (torch.float32,
                                                                               torch.float64):
             return False
         load()
-        if _module is None:
-            return False
-    return _module.usable(tensors, leaves)  # (the checks in C++: this runs at every step)
+    return _module is not None
+
+
+def _ready(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels run on these tensors (loading them on first use): CPU, float32 or
+    float64 alike, contiguous, not empty, no graph, no lazy negation (checked in C++: this runs
+    at every step)."""
+    return _loaded(tensors[0]) and _module.usable(tensors, False)
 
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
@@ -860,8 +862,8 @@ def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torc
     """`ops.trace_step` fused (one pass over the traces; the gradient's sum over the batch in
     another order than bmm's, equal to round-off); False where the kernels are not used (the
     kernel checks the shapes)."""
-    return _ready(eligibility) and _module.trace_step(eligibility, post, decay, inputs, coef,
-                                                      weight, grad_w, fresh)
+    return _loaded(eligibility) and _module.trace_step(eligibility, post, decay, inputs, coef,
+                                                       weight, grad_w, fresh)
 
 
 def adamax_step(params, grads, exp_avgs, exp_infs, steps, lr: float, beta1: float,
@@ -869,7 +871,7 @@ def adamax_step(params, grads, exp_avgs, exp_infs, steps, lr: float, beta1: floa
     """One Adamax step of every parameter, torch.optim's to the bit, if every gradient is
     finite: True; False (nothing changed) if one is not; None where the kernels are not used
     (the kernel checks the tensors)."""
-    if not params or not _ready(params[0], leaves=True):
+    if not params or not _loaded(params[0]):
         return None
     done = _module.adamax_step(params, grads, exp_avgs, exp_infs, steps, lr, beta1, beta2, eps,
                                weight_decay)

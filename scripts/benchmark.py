@@ -72,19 +72,29 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def trace_floor(model, batch, steps, device, per_layer=None):
-    """One read and one write of each per-sample N_out × N_in trace per step: OSTL's memory
-    floor (one trace per layer), or OTPE's with ``per_layer`` = traces per layer ([2, 2, 1]:
-    ε and R̂ in the hidden layers, ε at the OSTL output)."""
-    per_layer = per_layer or [1] * len(model.layers)
+def trace_operands(model, batch, device, per_layer):
+    """``per_layer[i]`` zeroed per-sample N_out × N_in traces for layer i, each with an input
+    row to add into it."""
     traces = [torch.zeros(batch, layer.n_out, layer.n_in, device=device)
               for layer, n in zip(model.layers, per_layer) for _ in range(n)]
-    inputs = [torch.rand(batch, 1, tr.shape[2], device=device) for tr in traces]
-    sync(device)
-    tic = time.perf_counter()
+    return traces, [torch.rand(batch, 1, tr.shape[2], device=device) for tr in traces]
+
+
+def stream_traces(traces, inputs, steps):
+    """One read and one write of each trace per step, bare, layer by layer."""
     for _ in range(steps):
         for tr, a in zip(traces, inputs):
             torch.add(a, tr, alpha=0.9, out=tr)
+
+
+def trace_floor(model, batch, steps, device, per_layer=None):
+    """`stream_traces` timed: OSTL's memory floor (one trace per layer), or OTPE's with
+    ``per_layer`` = traces per layer ([2, 2, 1]: ε and R̂ in the hidden layers, ε at the OSTL
+    output)."""
+    traces, inputs = trace_operands(model, batch, device, per_layer or [1] * len(model.layers))
+    sync(device)
+    tic = time.perf_counter()
+    stream_traces(traces, inputs, steps)
     sync(device)
     return time.perf_counter() - tic
 
@@ -296,21 +306,6 @@ def online_product_work(model, x):
                     acts[i + 1] @ model.layers[i].weight
 
 
-def online_traces(algorithm, model, batch, device) -> list:
-    """Tensors of the shapes of the per-sample traces an online pass of ``algorithm`` keeps."""
-    return [torch.rand(batch, layer.n_out, layer.n_in, device=device)
-            for rule, layer in zip(algorithm.rule_names(model.depth), model.layers)
-            for _ in RULES[rule].trace_attributes]
-
-
-def trace_passes(traces, steps):
-    """What online mode must stream through memory at least: at each time step, one in-place
-    pass (a read and a write) over every per-sample trace, layer by layer, bare."""
-    for _ in range(steps):
-        for trace in traces:
-            trace.mul_(0.999)
-
-
 def api_and_online_timing(args, device, x, y):
     """What users call, per rule: ``sequence_gradients`` beside ``Algorithm.gradients`` on the
     same model, and a training iteration of the trainer itself (``Trainer.train_step``, the
@@ -352,11 +347,13 @@ def api_and_online_timing(args, device, x, y):
         for _ in range(len(x)):
             optimizer.step_if_finite(zeros)
     runs[("online floor", "Adamax steps")] = adamax_steps
-    for name in rules:
-        traces = online_traces(build_algorithm(name), model, x.shape[1], device)
-        if traces:
+    for name in rules:  # what online mode must stream through memory at least
+        per_layer = [len(RULES[rule].trace_attributes) for rule in algs[name].rule_names(
+            model.depth)]
+        if any(per_layer):
+            operands = trace_operands(model, x.shape[1], device, per_layer)
             runs[("online floor", f"trace passes {name}")] = \
-                lambda t=traces: trace_passes(t, len(x))
+                lambda o=operands: stream_traces(*o, len(x))
     times = {key: [] for key in runs}
     for run in runs.values():  # warm-up
         run()
