@@ -80,9 +80,9 @@ def online_pass(
         for t in range(0, T, block):
             a = x[t:t + block]
             for i, (layer, rule) in enumerate(zip(layers, rules)):
-                _, s, us[i], psi = model.lif_block(layer, us[i], a, with_surrogate=True)
+                _, s, _, psi = model.lif_block(layer, us[i], a, True, spike_counts[i],
+                                               in_place=True)
                 rule.update(a, psi)
-                spike_counts[i].add_(s[0] if len(s) == 1 else s.sum(0))
                 a = s
             e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)
             final = t + block >= T

@@ -1,7 +1,7 @@
 """The block operations of the passes, each run by its fused CPU kernel where one is usable
 (`kernels`: CPU tensors without a graph, the kernels built and checked), else by its plain
-torch op (`ops`, the definition). Both give the same bits, but for `trace_step`'s gradient,
-a sum over the batch in another order (equal to round-off)."""
+torch op (`ops`, the definition). Both give the same bits, but for the gradient of
+`rule_step`'s trace pass, a sum over the batch in another order (equal to round-off)."""
 from __future__ import annotations
 
 import torch
@@ -9,16 +9,27 @@ import torch
 from . import kernels, ops
 
 
-def membrane_block(current: torch.Tensor, u: torch.Tensor, beta: float, threshold: float,
-                   slope: float, with_surrogate: bool):
-    """A layer's K membrane steps without autograd, v written over ``current`` (K, B, N):
-    returns (spikes, the last u, ψ or None)."""
-    fused = kernels.lif_block(current, u, beta, threshold, slope)
+def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold: float,
+              slope: float, with_surrogate: bool):
+    """`ops.lif_layer` (on CPU, ψ is made whatever ``with_surrogate``: it costs nothing)."""
+    fused = kernels.lif_layer(a, weight, bias, u, counts, in_place, beta, threshold, slope)
     if fused is not None:
-        s, psi, u = fused
-        return s, u, psi
-    s, u = ops.membrane_steps_(current, u, beta, threshold, slope)
-    return s, u, ops.surrogate(current, threshold, slope) if with_surrogate else None
+        return fused
+    return ops.lif_layer(a, weight, bias, u, counts, in_place, beta, threshold, slope,
+                         with_surrogate)
+
+
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None) -> torch.Tensor:
+    """`ops.outer_accumulate`."""
+    fused = kernels.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre)
+    return fused if fused is not None else ops.outer_accumulate(e, post, pre, grad_w, grad_b,
+                                                                bias_pre)
+
+
+def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:
+    """`ops.step_error`."""
+    fused = kernels.step_error(z, neg_target, logp_sum, inv_batch)
+    return fused if fused is not None else ops.step_error(z, neg_target, logp_sum, inv_batch)
 
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float) -> torch.Tensor:
@@ -53,7 +64,11 @@ def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return fused if fused is not None else ops.rate_spikes(keys, counts)
 
 
-def trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool) -> None:
-    """`ops.trace_step`."""
-    if not kernels.trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh):
-        ops.trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh)
+def rule_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool, psi,
+              bias_eligibility, bias_post, bias_weight, grad_b, beta: float,
+              threshold: float) -> None:
+    """`ops.rule_step`."""
+    args = (eligibility, post, decay, inputs, coef, weight, grad_w, fresh, psi,
+            bias_eligibility, bias_post, bias_weight, grad_b, beta, threshold)
+    if not kernels.rule_step(*args):
+        ops.rule_step(*args)

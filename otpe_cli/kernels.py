@@ -8,7 +8,11 @@ through a layer's membranes (its backward pass, `bptt`), are loops of small ops 
 does at every time step: OSTL's and OTPE's per-sample traces, updated and contracted into the
 gradient (`ops.trace_step`: three passes over each trace as eager ops, one here), and the
 optimizer's step (Adamax with its finite check, torch.optim's arithmetic, in one call instead
-of some forty). Each has a C++ loop here,
+of some forty). Each has a C++ loop here, and three calls made at every step of every layer
+are one call each from here instead of several from Python, the same ATen ops in the same
+order (so the same bits): a layer's block (its input currents' matrix product, the membranes,
+the spike counts; `lif_layer`), the gradients of the rules whose weight gradient is an outer
+product (`outer_accumulate`) and the per-step loss's error (`step_error`). All are
 built by ``torch.utils.cpp_extension.load_inline`` the first time a process needs it (~45 s
 once, then cached; it needs a C++ compiler and ninja).
 
@@ -76,6 +80,21 @@ static bool has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_s
 #define FMA_TARGET
 static bool has_fma() { return false; }
 #endif
+
+// whether the kernels run on these tensors (kernels._ready): CPU, float32 or float64 alike,
+// contiguous, not empty, no lazy negation, no graph (leaves: or parameters, which an optimizer
+// writes in place outside autograd)
+bool usable(const std::vector<torch::Tensor>& tensors, bool leaves) {
+  if (tensors.empty()) return false;
+  const auto dtype = tensors[0].scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return false;
+  for (const auto& t : tensors) {
+    if (!t.defined() || !t.device().is_cpu() || t.scalar_type() != dtype || !t.is_contiguous()
+        || t.numel() == 0 || t.is_neg() || (t.requires_grad() && !(leaves && t.is_leaf())))
+      return false;
+  }
+  return true;
+}
 
 // K steps of P membranes: current (K, P) becomes v, u (P) the last u; spikes and psi (K, P).
 template <typename T>
@@ -185,8 +204,12 @@ TWICE(adjoint, { adjoint_steps<T>(grad_s, psi, after, out, K, P, beta, theta); }
       const T* grad_s, const T* psi, const T* after, T* out, int64_t K, int64_t P, T beta,
       T theta)
 
-// state (P) is left at the last step; returns every step, (K, P)
+// state (P) is left at the last step; returns every step, (K, P), or undefined (None) where
+// the kernels do not take these tensors
 torch::Tensor leaky_sum(torch::Tensor state, torch::Tensor inputs, double decay) {
+  if (inputs.dim() < 1 || state.sizes() != inputs.sizes().slice(1)
+      || !usable({state, inputs}, false))
+    return torch::Tensor();
   auto out = torch::empty_like(inputs);
   int64_t K = inputs.size(0), P = state.numel();
   AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "leaky_sum", [&] {
@@ -268,21 +291,6 @@ torch::Tensor rate_spikes(torch::Tensor keys, torch::Tensor counts) {
     at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) { run(k, c, o, begin, end, S); });
   });
   return out;
-}
-
-// whether the kernels run on these tensors (kernels._ready): CPU, float32 or float64 alike,
-// contiguous, not empty, no lazy negation, no graph (leaves: or parameters, which an optimizer
-// writes in place outside autograd)
-bool usable(const std::vector<torch::Tensor>& tensors, bool leaves) {
-  if (tensors.empty()) return false;
-  const auto dtype = tensors[0].scalar_type();
-  if (dtype != at::kFloat && dtype != at::kDouble) return false;
-  for (const auto& t : tensors) {
-    if (!t.defined() || !t.device().is_cpu() || t.scalar_type() != dtype || !t.is_contiguous()
-        || t.numel() == 0 || t.is_neg() || (t.requires_grad() && !(leaves && t.is_leaf())))
-      return false;
-  }
-  return true;
 }
 
 // One online step of a layer's per-sample traces (B, O, I) (rules.ostl, rules.otpe), for the
@@ -446,6 +454,29 @@ bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Ten
   return true;
 }
 
+// ops.rule_step: trace_step, then the bias input's traces and gradient and the next step's
+// decay as the torch ops of ops.rule_step, called from here. False (nothing written) where
+// the kernels do not take these tensors.
+bool rule_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tensor decay,
+               torch::Tensor inputs, c10::optional<torch::Tensor> coef, torch::Tensor weight,
+               torch::Tensor grad_w, bool fresh, torch::Tensor psi, torch::Tensor bias_eps,
+               c10::optional<torch::Tensor> bias_post, torch::Tensor bias_weight,
+               torch::Tensor grad_b, double beta, double theta) {
+  std::vector<torch::Tensor> small{decay, psi, bias_eps, bias_weight};
+  if (bias_post.has_value()) small.push_back(*bias_post);
+  for (const auto& t : small)
+    if (!t.sizes().equals(decay.sizes())) return false;
+  if (grad_b.dim() != 1 || grad_b.size(0) != decay.size(-1)) return false;
+  small.push_back(grad_b);
+  if (!usable(small, false) || psi.scalar_type() != eps.scalar_type()) return false;
+  if (!trace_step(eps, post, decay, inputs, coef, weight, grad_w, fresh)) return false;
+  bias_eps.mul_(decay).add_(1.0);
+  at::mul_out(decay, psi, -beta * theta).add_(beta);
+  if (bias_post.has_value()) bias_post->mul_(beta).addcmul_(psi, bias_eps);
+  grad_b.add_(at::mul(bias_weight, bias_post.has_value() ? *bias_post : bias_eps).sum(0));
+  return true;
+}
+
 // Adamax, as torch.optim.adamax's single-tensor step rounds it on CPUs (checked when loaded):
 // g + λ·p as fma, exp_avg.lerp_(g, 1 − β1), max(β2·u, |g| + ε), p + (−lr_t·m)/u
 template <typename T>
@@ -539,13 +570,76 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
   });
   return {spikes, psi};
 }
+
+// A layer's K steps without autograd (compute.lif_layer): the input currents of the K steps
+// as one matrix product (at::addmm, torch.addmm's bits), v written over them by lif_block;
+// the last u into u itself if in_place, else into a copy; counts (B, N), if given, gets the
+// spikes added. Returns {v, spikes, the last u, psi}, or nothing where the kernels do not
+// take these tensors (then the plain ops run).
+std::vector<torch::Tensor> lif_layer(torch::Tensor a, torch::Tensor weight, torch::Tensor bias,
+                                     torch::Tensor u, c10::optional<torch::Tensor> counts,
+                                     bool in_place, double beta, double theta, double slope) {
+  std::vector<torch::Tensor> state{a, u};
+  if (counts.has_value()) state.push_back(*counts);
+  if (at::GradMode::is_enabled() || a.dim() != 3 || weight.dim() != 2 || u.dim() != 2
+      || bias.dim() != 1 || u.size(0) != a.size(1) || u.size(1) != weight.size(0)
+      || weight.size(1) != a.size(2) || bias.size(0) != weight.size(0)
+      || (counts.has_value() && counts->sizes() != u.sizes()) || !usable(state, false)
+      || !usable({a, weight, bias}, true))
+    return {};
+  int64_t K = a.size(0), B = a.size(1);
+  auto current = at::addmm(bias, a.flatten(0, 1), weight.t()).view({K, B, weight.size(0)});
+  auto last = in_place ? u : u.clone();
+  auto out = lif_block(current, last, beta, theta, slope);
+  if (counts.has_value()) counts->add_(K == 1 ? out[0][0] : out[0].sum(0));
+  return {current, out[0], last, out[1]};
+}
+
+// ops.outer_accumulate's torch ops, called from here (one call instead of six from Python):
+// d = e ⊙ post; grad_w += dᵀ pre over the block's K·B rows; grad_b += Σ d, or
+// Σ_k bias_pre_k Σ_b d_k with the bias input's traces bias_pre (K). Returns d, or nothing
+// (undefined: None) where the kernels do not take these tensors.
+torch::Tensor outer_accumulate(torch::Tensor e, torch::Tensor post, torch::Tensor pre,
+                               torch::Tensor grad_w, torch::Tensor grad_b,
+                               c10::optional<torch::Tensor> bias_pre) {
+  std::vector<torch::Tensor> all{e, post, pre, grad_w, grad_b};
+  if (bias_pre.has_value()) all.push_back(*bias_pre);
+  if (at::GradMode::is_enabled() || e.dim() != 3 || pre.dim() != 3 || e.sizes() != post.sizes()
+      || pre.size(0) != e.size(0) || pre.size(1) != e.size(1) || grad_w.dim() != 2
+      || grad_w.size(0) != e.size(2) || grad_w.size(1) != pre.size(2) || grad_b.dim() != 1
+      || grad_b.size(0) != e.size(2)
+      || (bias_pre.has_value() && (bias_pre->dim() != 1 || bias_pre->size(0) != e.size(0)))
+      || !usable(all, false))
+    return torch::Tensor();
+  auto d = at::mul(e, post);
+  grad_w.addmm_(d.flatten(0, 1).t(), pre.flatten(0, 1));
+  if (bias_pre.has_value())
+    grad_b.addmv_(d.sum(1).t(), *bias_pre);
+  else
+    grad_b.add_(d.sum({0, 1}));
+  return d;
+}
+
+// ops.step_error's torch ops, called from here: the per-step loss's error for the logits z
+// (K, B, C) of a block, Σ_k log softmax(z_k) added into logp_sum (B, C). Undefined (None)
+// where the kernels do not take these tensors.
+torch::Tensor step_error(torch::Tensor z, torch::Tensor neg_target, torch::Tensor logp_sum,
+                         double inv_batch) {
+  if (at::GradMode::is_enabled() || z.dim() != 3 || neg_target.sizes() != z.sizes().slice(1)
+      || logp_sum.sizes() != neg_target.sizes() || !usable({z, neg_target, logp_sum}, false))
+    return torch::Tensor();
+  auto logp = at::log_softmax(z, -1);
+  logp_sum.add_(logp.sum(0));
+  return at::add(neg_target, logp.exp_(), inv_batch);
+}
 """
 
 #: -ffp-contract=off: no multiply-add the plain ops do not make; -fno-trapping-math lets the
 #: comparison vectorise (it changes no result); -fopenmp: at::parallel_for uses torch's threads
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
-_FUNCTIONS = ["lif_block", "leaky_sum", "reverse_scan", "suffix_products",
-              "membrane_adjoint", "rate_spikes", "trace_step", "adamax_step", "usable"]
+_FUNCTIONS = ["lif_block", "lif_layer", "outer_accumulate", "step_error", "leaky_sum", "reverse_scan",
+              "suffix_products", "membrane_adjoint", "rate_spikes", "trace_step", "rule_step", "adamax_step",
+              "usable"]
 #: seconds to wait for another process's build before running the plain ops
 DEFAULT_WAIT_S = 300.0
 
@@ -577,6 +671,7 @@ def _eager_membrane(current, u, beta, theta, slope):
     return v, s, u, ops.surrogate(v, theta, slope)
 
 
+@torch.no_grad()  # (as the passes run them)
 def _check(module) -> str | None:
     """None if every kernel reproduces its plain ops bit for bit here, else what differed."""
     g = torch.Generator().manual_seed(0)
@@ -590,6 +685,7 @@ def _check(module) -> str | None:
             want = _eager_membrane(current, u.clone(), 0.95, 1.0, 25.0)
             pairs += zip(("membrane v", "spikes", "ψ", "u"),
                          (want[0], want[1], want[3], want[2]), got)
+            pairs += _layer_pairs(module, rand, shape)
             direct, decays, state = rand(*shape), rand(*shape), rand(*shape[1:])
             stacked = rand(shape[0], 2, *shape[1:])
             kept = state.clone()
@@ -627,6 +723,38 @@ def _check(module) -> str | None:
     return None
 
 
+def _layer_pairs(module, rand, shape) -> list:
+    """A layer's block (`ops.lif_layer`, u in place and not, with the spike counts) and the
+    factorised rules' gradients (`ops.outer_accumulate`, with the bias input's traces and
+    without), fused against the plain ops: (name, plain, fused)."""
+    K, B, N = shape
+    a, weight, bias = (rand(K, B, 6) > 0.5).to(rand(1).dtype), rand(N, 6), rand(N)
+    pairs = []
+    for in_place in (False, True):
+        runs = []
+        for run in (ops.lif_layer, module.lif_layer):
+            u, counts = rand(B, N) * 0.0 + 0.5, torch.zeros(B, N, dtype=a.dtype)
+            out = run(a, weight, bias, u, counts, in_place, 0.95, 1.0, 25.0)
+            runs.append((*out, u, counts))
+        pairs += [(f"layer block ({name})", x, y) for name, x, y in
+                  zip(("v", "spikes", "u", "ψ", "u given", "spike counts"), *runs)]
+    e, post, pre, bias_pre = rand(K, B, N), rand(K, B, N), rand(K, B, 6), rand(K)
+    for traces in (None, bias_pre):
+        runs = []
+        for run in (ops.outer_accumulate, module.outer_accumulate):
+            grad_w, grad_b = rand(N, 6) * 0.0 + 1.0, torch.ones(N, dtype=a.dtype)
+            runs.append((run(e, post, pre, grad_w, grad_b, traces), grad_w, grad_b))
+        pairs += [("outer-product gradients", x, y) for x, y in zip(*runs)]
+    target = torch.zeros(B, N, dtype=a.dtype)
+    target[:, 0] = -1.0 / B
+    runs = []
+    for run in (ops.step_error, module.step_error):
+        logp_sum = torch.ones(B, N, dtype=a.dtype)
+        runs.append((run(e * 3.0, target, logp_sum, 1.0 / B), logp_sum))
+    pairs += [("per-step loss error", x, y) for x, y in zip(*runs)]
+    return pairs
+
+
 def _trace_step_pairs(module, rand, dtype) -> list:
     """The fused online trace step against `ops.trace_step`, without and with a post-synaptic
     trace, from zero and not: (name, plain, fused) for ε and R, to the bit, and (name, plain,
@@ -649,6 +777,16 @@ def _trace_step_pairs(module, rand, dtype) -> list:
         what = f"online trace step ({'OTPE' if post else 'OSTL'}{', fresh' if fresh else ''})"
         pairs += [(what, a, b) for a, b in zip(plain, fused)]
         pairs.append((what + "'s gradient", grad_plain, grad_fused, size))
+        runs = []  # the whole step: the bias's traces and gradient and δ besides
+        for step in (ops.rule_step, module.rule_step):
+            mine = [t.clone() for t in traces]
+            small = [decay.clone(), rand(B, O) * 0.0 + 1.0, rand(B, O) * 0.0 + 0.5,
+                     torch.zeros(O, dtype=dtype)]
+            step(mine[0], mine[1] if post else None, small[0], inputs, coef if post else None,
+                 weight, grad_w.clone(), fresh, coef.abs(), small[1], small[2] if post else None,
+                 weight, small[3], 0.95, 1.0)
+            runs.append(small)
+        pairs += [(what.replace("trace step", "rule step"), a, b) for a, b in zip(*runs)]
     return pairs
 
 
@@ -796,9 +934,7 @@ def _ready(*tensors: torch.Tensor) -> bool:
 
 def leaky_sum(state: torch.Tensor, inputs: torch.Tensor, decay: float):
     """`ops.leaky_sum` fused (state left at the last step), or None: run the plain op."""
-    if state.shape != inputs.shape[1:] or not _ready(state, inputs):
-        return None
-    return _module.leaky_sum(state, inputs, decay)
+    return _module.leaky_sum(state, inputs, decay) if _loaded(state) else None
 
 
 def reverse_scan(direct: torch.Tensor, decay):
@@ -848,6 +984,29 @@ def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
     return spikes, psi, u
 
 
+def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, theta: float,
+              slope: float):
+    """`ops.lif_layer` in one call (its matrix product as ATen's, the membranes as
+    `lif_block`; the tensors checked in C++, as it runs at every step), or None: run the
+    plain ops."""
+    if not _loaded(a):
+        return None
+    out = _module.lif_layer(a, weight, bias, u, counts, in_place, beta, theta, slope)
+    return tuple(out) if out else None
+
+
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre):
+    """`ops.outer_accumulate`'s torch ops called from C++ (the same ops: the same bits), or
+    None: run them from Python."""
+    return _module.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre) if _loaded(e) \
+        else None
+
+
+def step_error(z, neg_target, logp_sum, inv_batch: float):
+    """`ops.step_error`'s torch ops called from C++, or None: run them from Python."""
+    return _module.step_error(z, neg_target, logp_sum, inv_batch) if _loaded(z) else None
+
+
 def rate_spikes(keys: torch.Tensor, counts: torch.Tensor):
     """`ops.rate_spikes` fused, or None: run the plain op."""
     if (keys.dim() != 2 or counts.shape != keys.shape[:1] or counts.dtype != torch.int64
@@ -864,6 +1023,17 @@ def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torc
     kernel checks the shapes)."""
     return _loaded(eligibility) and _module.trace_step(eligibility, post, decay, inputs, coef,
                                                        weight, grad_w, fresh)
+
+
+def rule_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool, psi,
+              bias_eligibility, bias_post, bias_weight, grad_b, beta: float,
+              threshold: float) -> bool:
+    """`ops.rule_step`: its trace pass fused (`trace_step`), the rest its torch ops called from
+    C++; False where the kernels are not used (nothing written: the kernel checks the
+    tensors)."""
+    return _loaded(eligibility) and _module.rule_step(
+        eligibility, post, decay, inputs, coef, weight, grad_w, fresh, psi, bias_eligibility,
+        bias_post, bias_weight, grad_b, beta, threshold)
 
 
 def adamax_step(params, grads, exp_avgs, exp_infs, steps, lr: float, beta1: float,

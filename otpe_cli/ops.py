@@ -66,6 +66,45 @@ def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
     return s, u
 
 
+def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold: float,
+              slope: float, with_surrogate: bool = True):
+    """A layer's K steps without autograd on its inputs a (K, B, N_in): the input currents of
+    the K steps in one matrix product, then `membrane_step` at each step, v written over the
+    currents. Returns (v, s, the last u, ψ or None), each (K, B, N_out) but u (B, N_out). The
+    last u is written into u itself if ``in_place``, else u is left as it was; ``counts``
+    (B, N_out), if given, gets the spikes added."""
+    v = torch.addmm(bias, a.flatten(0, 1), weight.t()).view(*a.shape[:2], -1)
+    s, last = membrane_steps_(v, u, beta, threshold, slope)
+    if in_place:
+        last = u.copy_(last)
+    if counts is not None:
+        counts.add_(s[0] if len(s) == 1 else s.sum(0))
+    return v, s, last, surrogate(v, threshold, slope) if with_surrogate else None
+
+
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None) -> torch.Tensor:
+    """The gradients of a rule whose weight gradient is an outer product (SPEC §2,
+    `rules.base.FactorisedRule`) over a block of K steps: d = e ⊙ post (K, B, N_out),
+    grad_w += Σ_{k,b} d_k[b]ᵀ pre_k[b] for pre (K, B, N_in), and grad_b += Σ_{k,b} d_k[b], or
+    Σ_k bias_pre_k Σ_b d_k[b] given the bias input's traces ``bias_pre`` (K). Returns d."""
+    d = e * post
+    grad_w.addmm_(d.flatten(0, 1).t(), pre.flatten(0, 1))
+    if bias_pre is not None:
+        grad_b.addmv_(d.sum(1).t(), bias_pre)
+    else:
+        grad_b.add_(d.sum((0, 1)))
+    return d
+
+
+def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:
+    """∂L_t/∂z_t = softmax(z_t)·inv_batch + neg_target for the logits z (K, B, C) of a block's
+    steps (`snn.StepCrossEntropy`: neg_target = −onehot(y)/B, inv_batch = 1/B), with
+    Σ_k log softmax(z_k) added into logp_sum (B, C)."""
+    logp = torch.log_softmax(z, dim=-1)
+    logp_sum.add_(logp.sum(0))
+    return torch.add(neg_target, logp.exp_(), alpha=inv_batch)
+
+
 def membrane_adjoint(grad_s: torch.Tensor, psi: torch.Tensor, beta: float, threshold: float,
                      after: torch.Tensor | None = None) -> torch.Tensor:
     """BPTT's reverse scan through one layer's K steps of a block (SPEC §1): λ_k = ∂J/∂v_k
@@ -181,6 +220,29 @@ def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torc
     else:
         post.addcmul_(coef.unsqueeze(2), eligibility)
     contract_batch(weight, post, grad_w)
+
+
+def eligibility_decay(psi: torch.Tensor, beta: float, threshold: float,
+                      out: torch.Tensor) -> torch.Tensor:
+    """δ = β(1 − θψ) into ``out``: how much of OSTL's eligibility ε a step keeps, from the
+    surrogate ψ of the step before (the reset's path, SPEC §2)."""
+    return torch.mul(psi, -beta * threshold, out=out).add_(beta)
+
+
+def rule_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool, psi,
+              bias_eligibility, bias_post, bias_weight, grad_b, beta: float,
+              threshold: float) -> None:
+    """One online step of OSTL's or OTPE's traces and the gradients they give (`rules.ostl`,
+    `rules.otpe`): `trace_step` with decay δ; then the bias's traces, those of an input that
+    is always 1 (ε^b ← δ ⊙ ε^b + 1 and, with a post-synaptic trace, R^b ← β·R^b + ψ ⊙ ε^b),
+    grad_b += Σ_b bias_weight ⊙ (R^b, else ε^b), and δ ← β(1 − θψ) for the next step, all
+    (B, N_out) but grad_b (N_out)."""
+    trace_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh)
+    bias_eligibility.mul_(decay).add_(1.0)
+    eligibility_decay(psi, beta, threshold, out=decay)
+    if bias_post is not None:
+        bias_post.mul_(beta).addcmul_(psi, bias_eligibility)
+    grad_b.add_((bias_weight * (bias_eligibility if bias_post is None else bias_post)).sum(0))
 
 
 def rate_spikes(keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

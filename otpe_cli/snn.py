@@ -2,7 +2,7 @@
 
 One LIF step (`ops.membrane_step`) serves every algorithm: BPTT runs it with autograd on, the
 online rules run it under ``torch.no_grad()`` and read the surrogate derivative
-``ops.surrogate(v)`` (on CPU a block of them as one fused loop, `compute`).
+``ops.surrogate(v)`` (on CPU a layer's block of them as one call, `compute.lif_layer`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compute import membrane_block
+from .compute import lif_layer, step_error
 from .ops import membrane_step, surrogate
 from .spec import DEFAULT_BETA, neuron_problem
 
@@ -94,10 +94,8 @@ class StepCrossEntropy:
 
     def error(self, z: torch.Tensor) -> torch.Tensor:
         """z: the logits of K steps, (K, B, C); returns ∂L_t/∂z_t for each, (K, B, C)."""
-        logp = torch.log_softmax(z, dim=-1)
-        self._logp_sum.add_(logp.sum(0))
         self.steps += z.shape[0]
-        return torch.add(self._neg_target, logp.exp_(), alpha=1.0 / self.batch)
+        return step_error(z, self._neg_target, self._logp_sum, 1.0 / self.batch)
 
     def mean_loss(self) -> float:
         return -float((self._logp_sum * self.onehot).sum()) / (self.batch * self.steps)
@@ -147,27 +145,31 @@ class SNN(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"layers.{i}" for i in range(self.depth)]
 
-    def lif_block(self, layer: LIFLayer, u, a, with_surrogate: bool = False):
+    def lif_block(self, layer: LIFLayer, u, a, with_surrogate: bool = False, counts=None,
+                  in_place: bool = False):
         """K steps of one layer on its inputs a (K, B, N_in): the input currents of all K steps
         in one matrix product, then `membrane_step` at each step. Returns v and s as
         (K, B, N_out) and the last u, and ψ = surrogate(v) too if ``with_surrogate``.
-        Without autograd, v is written over the currents (`compute.membrane_block`: on CPU,
-        one fused kernel where it reproduces `ops` to the last bit)."""
+        Without autograd, v is written over the currents (`compute.lif_layer`: on CPU, one
+        call, its membranes in one fused loop that reproduces `ops` to the last bit), and two
+        options serve the online rules' pass: ``counts`` (B, N_out) gets the spikes added, and
+        ``in_place`` writes the last u into u itself (else u is left as it was)."""
+        if not torch.is_grad_enabled():
+            v, s, u, psi = lif_layer(a, layer.weight, layer.bias, u, counts, in_place,
+                                     self.beta, self.threshold, self.slope, with_surrogate)
+            return (v, s, u, psi) if with_surrogate else (v, s, u)
+        if counts is not None or in_place:
+            raise ValueError("lif_block: counts and in_place are for passes without autograd")
         current = torch.addmm(layer.bias, a.flatten(0, 1), layer.weight.t())
-        current = current.view(*a.shape[:2], -1)
-        if torch.is_grad_enabled():
-            vs, ss = [], []
-            for k in range(len(current)):
-                v, s, u = membrane_step(u, current[k], self.beta, self.threshold, self.slope)
-                vs.append(v)
-                ss.append(s)
-            out = torch.stack(vs), torch.stack(ss), u
-            if with_surrogate:
-                out += (surrogate(out[0], self.threshold, self.slope),)
-            return out
-        s, u, psi = membrane_block(current, u, self.beta, self.threshold, self.slope,
-                                   with_surrogate)
-        return (current, s, u, psi) if with_surrogate else (current, s, u)
+        vs, ss = [], []
+        for v in current.view(*a.shape[:2], -1):
+            v, s, u = membrane_step(u, v, self.beta, self.threshold, self.slope)
+            vs.append(v)
+            ss.append(s)
+        out = torch.stack(vs), torch.stack(ss), u
+        if with_surrogate:
+            out += (surrogate(out[0], self.threshold, self.slope),)
+        return out
 
     def forward(self, x: torch.Tensor, readout: str = "spikes"):
         """Unroll over x (T, B, N_in), in blocks of `block_steps` steps layer by layer.

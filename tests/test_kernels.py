@@ -136,6 +136,60 @@ def test_every_algorithm_is_the_same_to_the_bit_without_the_kernels(fused, monke
                        for a, b in pairs), name
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_layer_block_in_one_call_is_the_eager_layer_and_leaves_u_as_asked(fused, in_place):
+    """`compute.lif_layer` fused against `ops.lif_layer` and against the steps written out:
+    the last u written into u only when asked, the spikes added into the counts."""
+    from otpe_cli import ops
+
+    g = torch.Generator().manual_seed(5)
+    a = (torch.rand(4, 6, 9, generator=g) < 0.5).float()
+    weight, bias = torch.randn(7, 9, generator=g), torch.randn(7, generator=g)
+    start = torch.rand(6, 7, generator=g)
+    runs = []
+    for run in (kernels.lif_layer, ops.lif_layer):
+        u, counts = start.clone(), torch.ones(6, 7)
+        with torch.no_grad():
+            runs.append((*run(a, weight, bias, u, counts, in_place, 0.9, 1.0, 25.0), u, counts))
+    u_want = start.clone()
+    spikes = []
+    for k in range(4):
+        _, s, u_want = membrane_step(u_want, a[k] @ weight.t() + bias, 0.9, 1.0, 25.0)
+        spikes.append(s)
+    for (v, s, last, psi, u, counts) in runs:
+        assert torch.equal(s, torch.stack(spikes)) and torch.allclose(last, u_want, atol=1e-6)
+        assert torch.equal(psi, surrogate(v, 1.0, 25.0))
+        assert torch.equal(counts, 1 + torch.stack(spikes).sum(0))
+        assert torch.equal(u, last if in_place else start)
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
+
+
+def test_the_layer_calls_decline_what_they_do_not_take(fused):
+    """With autograd on, other shapes or strides, or another dtype: None (the eager ops run),
+    nothing written."""
+    a, w, b, u = torch.ones(2, 3, 4), torch.ones(5, 4), torch.ones(5), torch.zeros(3, 5)
+    e, pre = torch.ones(2, 3, 5), torch.ones(2, 3, 4)
+    gw, gb, target, logp = torch.zeros(5, 4), torch.zeros(5), torch.zeros(3, 5), torch.zeros(3, 5)
+    with torch.no_grad():
+        assert kernels.lif_layer(a, w, b, u, None, True, 0.9, 1.0, 25.0) is not None
+        for bad in (dict(a=a.transpose(0, 1)), dict(w=torch.ones(5, 3)), dict(u=torch.zeros(3, 4)),
+                    dict(b=torch.ones(4)), dict(a=a.double())):
+            args = {"a": a, "w": w, "b": b, "u": u, **bad}
+            assert kernels.lif_layer(args["a"], args["w"], args["b"], args["u"], None, True, 0.9,
+                                     1.0, 25.0) is None, bad
+        assert kernels.lif_layer(a, w, b, u, torch.zeros(3, 4), True, 0.9, 1.0, 25.0) is None
+        assert kernels.outer_accumulate(e, e, pre, gw, gb, None) is not None
+        assert kernels.outer_accumulate(e, e, pre, gw.t(), gb, None) is None
+        assert kernels.outer_accumulate(e, e, pre, gw, gb, torch.ones(3)) is None
+        assert kernels.step_error(e, target, logp, 1 / 3) is not None
+        assert kernels.step_error(e, target[:2], logp[:2], 1 / 3) is None
+    gw.zero_(), gb.zero_(), logp.zero_()
+    assert kernels.lif_layer(a, w, b, u, None, True, 0.9, 1.0, 25.0) is None  # (autograd on)
+    assert kernels.outer_accumulate(e, e, pre, gw, gb, None) is None
+    assert kernels.step_error(e, target, logp, 1 / 3) is None
+    assert not gw.any() and not gb.any() and not logp.any()
+
+
 def test_without_a_compiler_the_eager_ops_run_and_say_why(monkeypatch, caplog):
     import torch.utils.cpp_extension as cpp
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..compute import leaky_sum
+from ..compute import leaky_sum, outer_accumulate
 from ..ops import leaky_scalars
 
 
@@ -143,12 +143,8 @@ class FactorisedRule(LayerRule):
     post: torch.Tensor
 
     def accumulate(self, e, grad_w, grad_b, final=False):
-        d = e * self.post  # post is also m_t: OTTT sends ψ_t, A-OTPE ḡ_t
-        grad_w.addmm_(d.flatten(0, 1).t(), self.pre.flatten(0, 1))
-        if self.bias_trace:
-            grad_b.addmv_(d.sum(1).t(), d.new_tensor(self.bias_pre))
-        else:
-            grad_b.add_(d.sum((0, 1)))
-        return d
+        # d = e ⊙ post, sent down: post is also m_t (OTTT sends ψ_t, A-OTPE ḡ_t)
+        bias_pre = e.new_tensor(self.bias_pre) if self.bias_trace else None
+        return outer_accumulate(e, self.post, self.pre, grad_w, grad_b, bias_pre)
 
 

@@ -7,7 +7,8 @@ never has to be materialised. Layout (B, N_out, N_in): a block adds into it with
 matrix product per sample (`advance_trace`).
 
 One step (online, or a last block of one step) is the recurrence as written, the trace's
-update and its contraction in one pass over ε (`trace_step`). The K steps of a block (see
+update and its contraction in one pass over ε, the bias's twin and the next δ in the same
+call (`rule_step`). The K steps of a block (see
 `base`) are summed exactly with three passes over ε (a contraction, a multiply and a batched
 product added in place) instead of three per step: with λ_k the reverse scan
 λ_k = d_k + δ_{k+1}·λ_{k+1} of d_k = e_k ⊙ ψ_k,
@@ -23,8 +24,8 @@ block gives ε back to the pass's `TracePool`.
 """
 import torch
 
-from ..compute import reverse_scan, suffix_products, trace_step
-from ..ops import advance_trace, contract_batch
+from ..compute import reverse_scan, rule_step, suffix_products
+from ..ops import advance_trace, contract_batch, eligibility_decay
 from .base import LayerRule
 
 
@@ -43,8 +44,7 @@ class OSTL(LayerRule):
     def accumulate(self, e, grad_w, grad_b, final=False):
         d = e * self.psi
         if len(d) == 1:
-            self._step(d[0], grad_w)
-            grad_b.add_((d[0] * self.bias_eligibility).sum(0))
+            self._step(d[0], grad_w, grad_b, d[0])
         else:
             decays = self._block_decays()
             self._block_eligibility(reverse_scan(d, decays), decays, grad_w, grad_b, final)
@@ -52,21 +52,21 @@ class OSTL(LayerRule):
             self._give_back_traces()
         return d  # m_t = ψ_t
 
-    def _step(self, weight, grad_w, post=None, coef=None):
-        """One step: ε ← δ ⊙row ε + 1·aᵀ (and OTPE's R̃ ← R̃ + coef ⊙row ε), grad_w +=
-        Σ_b weight ⊙row (R̃, else ε), in one pass over the traces (`trace_step`); then
-        ε^b ← δ·ε^b + 1 and the next step's δ."""
+    def _step(self, weight, grad_w, grad_b, bias_weight, post=None, coef=None, bias_post=None):
+        """One step (`rule_step`): ε ← δ ⊙row ε + 1·aᵀ (and OTPE's R̃ ← R̃ + coef ⊙row ε),
+        grad_w += Σ_b weight ⊙row (R̃, else ε), in one pass over the traces; then the bias's
+        ε^b ← δ·ε^b + 1 (and OTPE's R̂^b ← β·R̂^b + ψ·ε^b), grad_b += Σ_b bias_weight ⊙
+        (R̂^b, else ε^b), and the next step's δ."""
         fresh = self.eligibility is None
         if fresh:
             self.eligibility = self._new_trace()
-        trace_step(self.eligibility, post, self._decay, self.inputs[0], coef, weight, grad_w,
-                   fresh)
-        self.bias_eligibility.mul_(self._decay).add_(1.0)
-        self._decay_after(self.psi[0], self._decay)
+        rule_step(self.eligibility, post, self._decay, self.inputs[0], coef, weight, grad_w,
+                  fresh, self.psi[0], self.bias_eligibility, bias_post, bias_weight, grad_b,
+                  self.beta, self.threshold)
 
     def _decay_after(self, psi, out):
         """δ = β(1 − θψ), the decay of ε at the step after the one with surrogate ψ, in out."""
-        torch.mul(psi, -self.beta * self.threshold, out=out).add_(self.beta)
+        eligibility_decay(psi, self.beta, self.threshold, out)
 
     def _block_decays(self) -> torch.Tensor:
         """δ_k = β(1 − θψ_{k−1}) for the block's K steps (K, B, N_out); sets the next block's."""

@@ -4,7 +4,8 @@
 
 Used at the output too (OTPE-front), where e = ∂L_t/∂o_t.
 
-One step is the recurrence as written: ε, R̃ and the contraction in one pass (`trace_step`).
+One step is the recurrence as written: ε, R̃ and the contraction in one pass, R̂^b with them
+(`rule_step`).
 A block of K ≥ 2 steps (see `base` and `ostl`) is summed with the reverse scans
 μ_k = e_k + β·μ_{k+1} (what R̂_k is worth to the block's gradient) and
 ρ_k = β^{K−k}ψ_k + δ_{k+1}·ρ_{k+1} (what ε_k is worth to R̂_K):
@@ -57,9 +58,8 @@ class OTPE(OSTL):
             self._decay_post_synaptic(self.beta)
             if self.post_synaptic_trace is None:  # (made with ε, at the first step)
                 self.post_synaptic_trace = self._new_trace()
-            self._step(e[0] * self.scale, grad_w, self.post_synaptic_trace, psi / self.scale)
-            self.bias_post_synaptic_trace.mul_(self.beta).addcmul_(psi, self.bias_eligibility)
-            grad_b.add_((e[0] * self.bias_post_synaptic_trace).sum(0))
+            self._step(e[0] * self.scale, grad_w, grad_b, e[0], self.post_synaptic_trace,
+                       psi / self.scale, self.bias_post_synaptic_trace)
         else:
             self._block(e, grad_w, grad_b, final)
         if final:
