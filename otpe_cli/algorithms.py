@@ -87,9 +87,8 @@ def online_pass(
             e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)
             final = t + block >= T
             for i in range(len(layers) - 1, -1, -1):
-                e = rules[i].accumulate(e, grad_w[i], grad_b[i], final)
-                if i:
-                    e = e @ layers[i].weight
+                e = rules[i].accumulate(e, grad_w[i], grad_b[i], final,
+                                        layers[i].weight if i else None)
             if on_step is not None:
                 on_step(grads)
                 torch._foreach_zero_(grads)

@@ -19,11 +19,11 @@ def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold
                          with_surrogate)
 
 
-def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None) -> torch.Tensor:
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None, weight=None) -> torch.Tensor:
     """`ops.outer_accumulate`."""
-    fused = kernels.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre)
+    fused = kernels.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight)
     return fused if fused is not None else ops.outer_accumulate(e, post, pre, grad_w, grad_b,
-                                                                bias_pre)
+                                                                bias_pre, weight)
 
 
 def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:

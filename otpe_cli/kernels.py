@@ -597,13 +597,18 @@ std::vector<torch::Tensor> lif_layer(torch::Tensor a, torch::Tensor weight, torc
 
 // ops.outer_accumulate's torch ops, called from here (one call instead of six from Python):
 // d = e ⊙ post; grad_w += dᵀ pre over the block's K·B rows; grad_b += Σ d, or
-// Σ_k bias_pre_k Σ_b d_k with the bias input's traces bias_pre (K). Returns d, or nothing
+// Σ_k bias_pre_k Σ_b d_k with the bias input's traces bias_pre (K). Returns the errors sent
+// down, d W given the layer's weight (at::matmul, as Python's @), else d; or nothing
 // (undefined: None) where the kernels do not take these tensors.
 torch::Tensor outer_accumulate(torch::Tensor e, torch::Tensor post, torch::Tensor pre,
                                torch::Tensor grad_w, torch::Tensor grad_b,
-                               c10::optional<torch::Tensor> bias_pre) {
+                               c10::optional<torch::Tensor> bias_pre,
+                               c10::optional<torch::Tensor> weight) {
   std::vector<torch::Tensor> all{e, post, pre, grad_w, grad_b};
   if (bias_pre.has_value()) all.push_back(*bias_pre);
+  if (weight.has_value()
+      && (weight->dim() != 2 || weight->size(0) != e.size(-1) || !usable({e, *weight}, true)))
+    return torch::Tensor();
   if (at::GradMode::is_enabled() || e.dim() != 3 || pre.dim() != 3 || e.sizes() != post.sizes()
       || pre.size(0) != e.size(0) || pre.size(1) != e.size(1) || grad_w.dim() != 2
       || grad_w.size(0) != e.size(2) || grad_w.size(1) != pre.size(2) || grad_b.dim() != 1
@@ -617,7 +622,7 @@ torch::Tensor outer_accumulate(torch::Tensor e, torch::Tensor post, torch::Tenso
     grad_b.addmv_(d.sum(1).t(), *bias_pre);
   else
     grad_b.add_(d.sum({0, 1}));
-  return d;
+  return weight.has_value() ? at::matmul(d, *weight) : d;
 }
 
 // ops.step_error's torch ops, called from here: the per-step loss's error for the logits z
@@ -743,7 +748,8 @@ def _layer_pairs(module, rand, shape) -> list:
         runs = []
         for run in (ops.outer_accumulate, module.outer_accumulate):
             grad_w, grad_b = rand(N, 6) * 0.0 + 1.0, torch.ones(N, dtype=a.dtype)
-            runs.append((run(e, post, pre, grad_w, grad_b, traces), grad_w, grad_b))
+            runs.append((run(e, post, pre, grad_w, grad_b, traces, None), grad_w, grad_b,
+                         run(e, post, pre, grad_w, grad_b, traces, weight)))
         pairs += [("outer-product gradients", x, y) for x, y in zip(*runs)]
     target = torch.zeros(B, N, dtype=a.dtype)
     target[:, 0] = -1.0 / B
@@ -995,11 +1001,11 @@ def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, theta: fl
     return tuple(out) if out else None
 
 
-def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre):
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight):
     """`ops.outer_accumulate`'s torch ops called from C++ (the same ops: the same bits), or
     None: run them from Python."""
-    return _module.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre) if _loaded(e) \
-        else None
+    return (_module.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight)
+            if _loaded(e) else None)
 
 
 def step_error(z, neg_target, logp_sum, inv_batch: float):

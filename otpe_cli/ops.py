@@ -82,18 +82,19 @@ def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold
     return v, s, last, surrogate(v, threshold, slope) if with_surrogate else None
 
 
-def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None) -> torch.Tensor:
+def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None, weight=None) -> torch.Tensor:
     """The gradients of a rule whose weight gradient is an outer product (SPEC §2,
     `rules.base.FactorisedRule`) over a block of K steps: d = e ⊙ post (K, B, N_out),
     grad_w += Σ_{k,b} d_k[b]ᵀ pre_k[b] for pre (K, B, N_in), and grad_b += Σ_{k,b} d_k[b], or
-    Σ_k bias_pre_k Σ_b d_k[b] given the bias input's traces ``bias_pre`` (K). Returns d."""
+    Σ_k bias_pre_k Σ_b d_k[b] given the bias input's traces ``bias_pre`` (K). Returns the
+    errors sent down, d W given the layer's ``weight``, else d."""
     d = e * post
     grad_w.addmm_(d.flatten(0, 1).t(), pre.flatten(0, 1))
     if bias_pre is not None:
         grad_b.addmv_(d.sum(1).t(), bias_pre)
     else:
         grad_b.add_(d.sum((0, 1)))
-    return d
+    return d if weight is None else d @ weight
 
 
 def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:

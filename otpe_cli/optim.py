@@ -56,6 +56,7 @@ class Optimizer:
         self.betas = tuple(float(b) for b in (betas if betas is not None else (0.9, 0.999)))
         self.momentum = float(momentum or 0.0)
         self.state: list[dict] = [{} for _ in self.params]
+        self._adamax_lists = None  # the fused step's state lists, made once per state
 
     def _settings(self) -> dict:
         """The parameter group's settings, as torch.optim's class of the same name has them."""
@@ -72,6 +73,7 @@ class Optimizer:
     def _start(self) -> None:
         """The state of a first step, as torch.optim makes it (SGD's momentum buffers are made
         by its first step itself)."""
+        self._adamax_lists = None
         for p, state in zip(self.params, self.state):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
             for key in STATE_KEYS[self.name]:
@@ -83,11 +85,11 @@ class Optimizer:
         grads = list(grads)
         if self.name == "adamax":
             self._start_once()
-            state = self.state
-            fused = kernels.adamax_step(
-                self.params, grads, [s["exp_avg"] for s in state],
-                [s["exp_inf"] for s in state], [s["step"] for s in state], self.lr,
-                self.betas[0], self.betas[1], EPS, self.weight_decay)
+            if self._adamax_lists is None:
+                self._adamax_lists = [[s[key] for s in self.state]
+                                      for key in ("exp_avg", "exp_inf", "step")]
+            fused = kernels.adamax_step(self.params, grads, *self._adamax_lists, self.lr,
+                                        self.betas[0], self.betas[1], EPS, self.weight_decay)
             if fused is not None:
                 return fused
         if not all_finite(grads):
@@ -144,4 +146,4 @@ class Optimizer:
             state[i] = {name: (value.clone() if name == "step" else
                                value.to(device=p.device, dtype=p.dtype, copy=True))
                         for name, value in entries.items() if value is not None}
-        self.state = state
+        self.state, self._adamax_lists = state, None

@@ -178,14 +178,18 @@ def test_the_layer_calls_decline_what_they_do_not_take(fused):
             assert kernels.lif_layer(args["a"], args["w"], args["b"], args["u"], None, True, 0.9,
                                      1.0, 25.0) is None, bad
         assert kernels.lif_layer(a, w, b, u, torch.zeros(3, 4), True, 0.9, 1.0, 25.0) is None
-        assert kernels.outer_accumulate(e, e, pre, gw, gb, None) is not None
-        assert kernels.outer_accumulate(e, e, pre, gw.t(), gb, None) is None
-        assert kernels.outer_accumulate(e, e, pre, gw, gb, torch.ones(3)) is None
+        assert torch.equal(kernels.outer_accumulate(e, e, pre, gw, gb, None, None), e * e)
+        below = torch.ones(5, 2)
+        assert torch.equal(kernels.outer_accumulate(e, e, pre, gw, gb, None, below),
+                           (e * e) @ below)
+        assert kernels.outer_accumulate(e, e, pre, gw.t(), gb, None, None) is None
+        assert kernels.outer_accumulate(e, e, pre, gw, gb, torch.ones(3), None) is None
+        assert kernels.outer_accumulate(e, e, pre, gw, gb, None, torch.ones(4, 2)) is None
         assert kernels.step_error(e, target, logp, 1 / 3) is not None
         assert kernels.step_error(e, target[:2], logp[:2], 1 / 3) is None
     gw.zero_(), gb.zero_(), logp.zero_()
     assert kernels.lif_layer(a, w, b, u, None, True, 0.9, 1.0, 25.0) is None  # (autograd on)
-    assert kernels.outer_accumulate(e, e, pre, gw, gb, None) is None
+    assert kernels.outer_accumulate(e, e, pre, gw, gb, None, None) is None
     assert kernels.step_error(e, target, logp, 1 / 3) is None
     assert not gw.any() and not gb.any() and not logp.any()
 

@@ -7,7 +7,8 @@ driver calls ``update(a, ψ)`` with the layer's inputs a_t (K, B, N_in) and surr
 with the errors e_t = ∂L_t/∂s_t arriving at this layer's output at the same steps
 (K, B, N_out); ``final`` says that no step follows, so the state after the block is never
 read and need not be computed (the rule is then done). It adds Σ_k g_t to the buffers and
-returns e_t ⊙ m_t, the modulated errors the driver sends down: e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t).
+returns the errors it sends down, e^{l−1}_t = (W^l)ᵀ (e^l_t ⊙ m_t), given the layer's
+``weight`` W^l (else, at the first layer, the modulated errors e_t ⊙ m_t).
 Nothing flows back in time: step t's error is used at step t only, so the K steps of a block
 can be summed with the same result as one by one.
 
@@ -93,8 +94,13 @@ class LayerRule:
         raise NotImplementedError
 
     def accumulate(self, e: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor,
-                   final: bool = False) -> torch.Tensor:
+                   final: bool = False, weight: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def send_down(modulated: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The errors a layer sends down, (e ⊙ m) W, or e ⊙ m without a weight."""
+    return modulated if weight is None else modulated @ weight
 
 
 class GBar:
@@ -142,9 +148,9 @@ class FactorisedRule(LayerRule):
     bias_pre: list
     post: torch.Tensor
 
-    def accumulate(self, e, grad_w, grad_b, final=False):
+    def accumulate(self, e, grad_w, grad_b, final=False, weight=None):
         # d = e ⊙ post, sent down: post is also m_t (OTTT sends ψ_t, A-OTPE ḡ_t)
         bias_pre = e.new_tensor(self.bias_pre) if self.bias_trace else None
-        return outer_accumulate(e, self.post, self.pre, grad_w, grad_b, bias_pre)
+        return outer_accumulate(e, self.post, self.pre, grad_w, grad_b, bias_pre, weight)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..compute import reverse_scan, rule_step, suffix_products
 from ..ops import advance_trace, contract_batch, eligibility_decay
-from .base import LayerRule
+from .base import LayerRule, send_down
 
 
 class OSTL(LayerRule):
@@ -41,7 +41,7 @@ class OSTL(LayerRule):
     def update(self, a, psi):
         self.inputs, self.psi = a, psi
 
-    def accumulate(self, e, grad_w, grad_b, final=False):
+    def accumulate(self, e, grad_w, grad_b, final=False, weight=None):
         d = e * self.psi
         if len(d) == 1:
             self._step(d[0], grad_w, grad_b, d[0])
@@ -50,7 +50,7 @@ class OSTL(LayerRule):
             self._block_eligibility(reverse_scan(d, decays), decays, grad_w, grad_b, final)
         if final:
             self._give_back_traces()
-        return d  # m_t = ψ_t
+        return send_down(d, weight)  # m_t = ψ_t
 
     def _step(self, weight, grad_w, grad_b, bias_weight, post=None, coef=None, bias_post=None):
         """One step (`rule_step`): ε ← δ ⊙row ε + 1·aᵀ (and OTPE's R̃ ← R̃ + coef ⊙row ε),

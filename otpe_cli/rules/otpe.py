@@ -22,7 +22,7 @@ import torch
 
 from ..compute import reverse_scan
 from ..ops import advance_trace, contract_batch
-from .base import GBar
+from .base import GBar, send_down
 from .ostl import OSTL
 
 _RENORMALISE_BELOW = 1e-20  # 1/scale stays far from float32's 3e38 over any sequence
@@ -52,7 +52,7 @@ class OTPE(OSTL):
         else:
             self.scale *= decay
 
-    def accumulate(self, e, grad_w, grad_b, final=False):
+    def accumulate(self, e, grad_w, grad_b, final=False, weight=None):
         if len(e) == 1:
             psi = self.psi[0]
             self._decay_post_synaptic(self.beta)
@@ -64,7 +64,7 @@ class OTPE(OSTL):
             self._block(e, grad_w, grad_b, final)
         if final:
             self._give_back_traces()
-        return e * self.g_bar.value
+        return send_down(e * self.g_bar.value, weight)
 
     def _block(self, e, grad_w, grad_b, final):
         decays = self._block_decays()
