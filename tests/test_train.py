@@ -225,7 +225,9 @@ def test_the_python_api_takes_any_real_spike_dtype_and_refuses_bad_batches_in_wo
              r"\(torch.float32\); give finite"),
             (xf.double().index_put((torch.tensor([0]), torch.tensor([1]), torch.tensor([2])),
                                    torch.tensor(1e300, dtype=torch.float64)), y,
-             r"x holds 1 value that is NaN or infinite in the model's dtype")]:
+             r"x holds 1 value that is NaN or infinite in the model's dtype"),
+            (xf.index_put((torch.tensor([3]),), torch.tensor(-float("inf"))), y,
+             r"x holds 10 values that are NaN or infinite")]:
         with pytest.raises(ValueError, match=words):
             sequence_gradients("otpe", m, xx, yy)
     for kwargs, words in [({"beta": 1.5}, "beta=1.5 is out of range"),
