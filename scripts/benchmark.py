@@ -29,6 +29,7 @@ import torch
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels
 from otpe_cli.algorithms import _flushing_denormals, autograd_bptt_pass
+from otpe_cli.compute import rule_step
 from otpe_cli.snn import block_steps
 from otpe_cli.data.randman import Randman
 from otpe_cli.optim import Optimizer
@@ -85,6 +86,33 @@ def stream_traces(traces, inputs, steps):
     for _ in range(steps):
         for tr, a in zip(traces, inputs):
             torch.add(a, tr, alpha=0.9, out=tr)
+
+
+def fused_trace_operands(model, batch, device, per_layer):
+    """For each layer with traces (1: OSTL's ε, 2: OTPE's ε and R̃), the arguments of one
+    online `rule_step` of that layer, on random values of the step's shapes."""
+    out = []
+    for layer, n in zip(model.layers, per_layer):
+        if not n:
+            continue
+        B, O, I = batch, layer.n_out, layer.n_in
+        small = lambda: torch.rand(B, O, device=device)  # noqa: E731
+        traces = [torch.rand(B, O, I, device=device) for _ in range(n)]
+        out.append((traces[0], traces[1] if n == 2 else None, small() * 0.9,
+                    (torch.rand(B, I, device=device) < 0.2).float(), small() if n == 2 else None,
+                    small() * 1e-3, torch.zeros(O, I, device=device), False, small(), small(),
+                    small() if n == 2 else None, small() * 1e-3, torch.zeros(O, device=device),
+                    0.95, 1.0))
+    return out
+
+
+def fused_trace_passes(operands, steps):
+    """The online pass's own trace step (`compute.rule_step`: the fused pass over each trace,
+    the bias's traces, the next decay) for every layer and step, and nothing between them."""
+    with _flushing_denormals():
+        for _ in range(steps):
+            for args in operands:
+                rule_step(*args)
 
 
 def trace_floor(model, batch, steps, device, per_layer=None):
@@ -354,6 +382,9 @@ def api_and_online_timing(args, device, x, y):
             operands = trace_operands(model, x.shape[1], device, per_layer)
             runs[("online floor", f"trace passes {name}")] = \
                 lambda o=operands: stream_traces(*o, len(x))
+            fused = fused_trace_operands(model, x.shape[1], device, per_layer)
+            runs[("online alone", f"fused trace steps {name}")] = \
+                lambda o=fused: fused_trace_passes(o, len(x))
     times = {key: [] for key in runs}
     for run in runs.values():  # warm-up
         run()
@@ -531,6 +562,12 @@ def main(argv=None):
               f"{adamax_steps:.4f} s, one pass "
               "over the per-sample traces per step: "
               + ", ".join(f"{n} {v:.4f} s" for n, v in passes.items()))
+        alone = {what.rpartition(" ")[2]: v for (kind, what), v in api.items()
+                 if kind == "online alone"}
+        if alone:
+            print("the online pass's fused trace step alone (compute.rule_step, every layer and "
+                  "step, nothing between) / that floor: "
+                  + ", ".join(f"{n} {v / passes[n]:.2f}" for n, v in alone.items()))
         print(f"{'rule':<15}{'online / offline':>18}{'floor / offline':>17}")
         for name in rules:
             floor = step_products + adamax_steps + api.get(("online floor", f"trace passes {name}"),

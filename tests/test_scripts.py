@@ -69,13 +69,14 @@ def test_benchmark_of_a_subset_reports_only_what_it_can(tmp_path):
     assert "OSTL / floor" not in out and "otpe / ostl" not in out and "peak memory" not in out
     assert "bptt / plain per-step autograd BPTT:" in out
     assert sorted(figures["api_online_s"]) == [
-        "Algorithm.gradients:otpe", "offline:otpe", "online floor:Adamax steps",
-        "online floor:matrix products", "online floor:trace passes otpe", "online:otpe",
-        "sequence_gradients:otpe"]
+        "Algorithm.gradients:otpe", "offline:otpe", "online alone:fused trace steps otpe",
+        "online floor:Adamax steps", "online floor:matrix products",
+        "online floor:trace passes otpe", "online:otpe", "sequence_gradients:otpe"]
     assert all(t > 0 for t in figures["api_online_s"].values())
     assert "online / offline training iteration, worst rule (otpe):" in out
     assert "(target ≤ 1.6)" in out and "through sequence_gradients" not in out
     assert "one pass over the per-sample traces per step: otpe " in out
+    assert "fused trace step alone" in out and "that floor: otpe " in out
     assert "floor / offline" in out
 
 
