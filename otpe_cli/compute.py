@@ -1,7 +1,7 @@
 """The block operations of the passes, each run by its fused CPU kernel where one is usable
 (`kernels`: CPU tensors without a graph, the kernels built and checked), else by its plain
-torch op (`ops`, the definition). Both give the same bits, but for the gradient of
-`rule_step`'s trace pass, a sum over the batch in another order (equal to round-off)."""
+torch op (`ops`, the definition). Both give the same bits, but for the gradients of
+`rule_step`, sums over the batch in another order (equal to round-off)."""
 from __future__ import annotations
 
 import torch

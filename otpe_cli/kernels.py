@@ -24,9 +24,9 @@ torch op does: I + β·u as one fused multiply-add, as ATen's
 at run time, the C library's exact ``fma`` elsewhere), nothing else contracted. When loaded,
 the kernels are checked against `ops` (and Adamax against torch.optim's) on random blocks in
 float32 and float64; if a single bit differs, or they cannot be built, `ops` is used and the
-reason is logged once (``status()``). The trace step's gradient is the one sum in another
-order (over the batch in order, where the eager op is a batched matrix product), so it is
-checked to round-off of the size of its terms.
+reason is logged once (``status()``). The trace step's gradients are the one sum in another
+order (over the batch in order, where the eager ops are a batched matrix product and, for the
+bias, a sum), so they are checked to round-off of the size of their terms.
 ``OTPE_CLI_FUSED=0`` turns them off. One difference is left, below any value that matters:
 where an op has more than 32 768 elements, torch splits it across threads, and
 `torch.set_flush_denormal` holds only in the calling thread, so the plain ops flush some
@@ -400,6 +400,49 @@ TWICE(trace, { trace_rows<T>(eps, post, decay, inputs, coef, weight, grad_w, acc
       T* grad_w, T* acc, int64_t begin, int64_t end, int64_t B, int64_t O, int64_t I,
       bool fresh)
 
+// ops.rule_step's bias part for the output units [begin, end), after their trace rows: the
+// bias's traces, those of an input of 1 (e^b = e^b·δ + 1 and, with a post-synaptic trace,
+// R^b = fma(ψ, e^b, R^b·β), as mul_, add_ and addcmul_ round them), grad_b[o] += Σ_b
+// w^b[b,o]·X^b[b,o] for X = R^b, else e^b, summed over b in order by fma (a sum in another
+// order than the eager one's), and the next step's δ = ψ·(−βθ) + β.
+template <typename T>
+static inline __attribute__((always_inline)) void bias_rows(
+    T* __restrict eb, T* __restrict rb, T* __restrict decay, const T* __restrict psi,
+    const T* __restrict w, T* __restrict gb, T* __restrict acc, int64_t begin, int64_t end,
+    int64_t B, int64_t O, T beta, T neg_beta_theta) {
+  for (int64_t o = begin; o < end; ++o) acc[o - begin] = T(0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t k = b * O + o;
+      T e = eb[k] * decay[k];
+      e = e + T(1);
+      eb[k] = e;
+      T x = e;
+      if (rb) {
+        T r = rb[k] * beta;
+        r = std::fma(psi[k], e, r);
+        rb[k] = r;
+        x = r;
+      }
+      acc[o - begin] = std::fma(w[k], x, acc[o - begin]);
+      T n = psi[k] * neg_beta_theta;
+      decay[k] = n + beta;
+    }
+  }
+  for (int64_t o = begin; o < end; ++o) gb[o] = gb[o] + acc[o - begin];
+}
+
+TWICE(bias, { bias_rows<T>(eb, rb, decay, psi, w, gb, acc, begin, end, B, O, beta, nbt); },
+      T* eb, T* rb, T* decay, const T* psi, const T* w, T* gb, T* acc, int64_t begin,
+      int64_t end, int64_t B, int64_t O, T beta, T nbt)
+
+// the bias part of ops.rule_step (nullptr: trace_step alone)
+struct BiasStep {
+  torch::Tensor psi, bias_eps, bias_weight, grad_b;
+  c10::optional<torch::Tensor> bias_post;
+  double beta, theta;
+};
+
 // the caller's flush-to-zero and denormals-are-zero modes, for the threads of a parallel_for
 // (torch.set_flush_denormal sets them in the calling thread only)
 struct FloatModes {
@@ -417,9 +460,10 @@ struct FloatModes {
 };
 
 // (false, nothing done, where the kernels do not take these tensors)
-bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tensor decay,
-                torch::Tensor inputs, c10::optional<torch::Tensor> coef, torch::Tensor weight,
-                torch::Tensor grad_w, bool fresh) {
+static bool trace_pass(torch::Tensor eps, c10::optional<torch::Tensor> post,
+                       torch::Tensor decay, torch::Tensor inputs,
+                       c10::optional<torch::Tensor> coef, torch::Tensor weight,
+                       torch::Tensor grad_w, bool fresh, const BiasStep* bias) {
   if (eps.dim() != 3 || post.has_value() != coef.has_value()) return false;
   int64_t B = eps.size(0), O = eps.size(1), I = eps.size(2);
   std::vector<torch::Tensor> all{eps, decay, inputs, weight, grad_w};
@@ -436,10 +480,11 @@ bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Ten
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "trace_step", [&] {
     using T = scalar_t;
     auto run = has_fma() ? trace_fma<T> : trace_plain<T>;
+    auto run_bias = has_fma() ? bias_fma<T> : bias_plain<T>;
     T* e = eps.data_ptr<T>();
     T* r = post.has_value() ? post->data_ptr<T>() : nullptr;
     const T* c = coef.has_value() ? coef->data_ptr<T>() : nullptr;
-    const T* d = decay.data_ptr<T>();
+    T* d = decay.data_ptr<T>();
     const T* a = inputs.data_ptr<T>();
     const T* w = weight.data_ptr<T>();
     T* g = grad_w.data_ptr<T>();
@@ -448,15 +493,26 @@ bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Ten
       modes.run([&] {
         std::vector<T> acc((end - begin) * I);
         run(e, r, d, a, c, w, g, acc.data(), begin, end, B, O, I, fresh);
+        if (bias)  // (after the rows: they read this step's δ, which it overwrites)
+          run_bias(bias->bias_eps.data_ptr<T>(),
+                   bias->bias_post.has_value() ? bias->bias_post->data_ptr<T>() : nullptr, d,
+                   bias->psi.data_ptr<T>(), bias->bias_weight.data_ptr<T>(),
+                   bias->grad_b.data_ptr<T>(), acc.data(), begin, end, B, O, (T)bias->beta,
+                   (T)(-bias->beta * bias->theta));
       });
     });
   });
   return true;
 }
 
-// ops.rule_step: trace_step, then the bias input's traces and gradient and the next step's
-// decay as the torch ops of ops.rule_step, called from here. False (nothing written) where
-// the kernels do not take these tensors.
+bool trace_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tensor decay,
+                torch::Tensor inputs, c10::optional<torch::Tensor> coef, torch::Tensor weight,
+                torch::Tensor grad_w, bool fresh) {
+  return trace_pass(eps, post, decay, inputs, coef, weight, grad_w, fresh, nullptr);
+}
+
+// ops.rule_step: trace_step with the bias part (bias_rows) in the same pass. False (nothing
+// written) where the kernels do not take these tensors.
 bool rule_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tensor decay,
                torch::Tensor inputs, c10::optional<torch::Tensor> coef, torch::Tensor weight,
                torch::Tensor grad_w, bool fresh, torch::Tensor psi, torch::Tensor bias_eps,
@@ -469,12 +525,8 @@ bool rule_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tens
   if (grad_b.dim() != 1 || grad_b.size(0) != decay.size(-1)) return false;
   small.push_back(grad_b);
   if (!usable(small, false) || psi.scalar_type() != eps.scalar_type()) return false;
-  if (!trace_step(eps, post, decay, inputs, coef, weight, grad_w, fresh)) return false;
-  bias_eps.mul_(decay).add_(1.0);
-  at::mul_out(decay, psi, -beta * theta).add_(beta);
-  if (bias_post.has_value()) bias_post->mul_(beta).addcmul_(psi, bias_eps);
-  grad_b.add_(at::mul(bias_weight, bias_post.has_value() ? *bias_post : bias_eps).sum(0));
-  return true;
+  BiasStep bias{psi, bias_eps, bias_weight, grad_b, bias_post, beta, theta};
+  return trace_pass(eps, post, decay, inputs, coef, weight, grad_w, fresh, &bias);
 }
 
 // Adamax, as torch.optim.adamax's single-tensor step rounds it on CPUs (checked when loaded):
@@ -784,15 +836,19 @@ def _trace_step_pairs(module, rand, dtype) -> list:
         pairs += [(what, a, b) for a, b in zip(plain, fused)]
         pairs.append((what + "'s gradient", grad_plain, grad_fused, size))
         runs = []  # the whole step: the bias's traces and gradient and δ besides
+        bias_eps, bias_post, grad_b, psi = rand(B, O).abs(), rand(B, O), rand(O), rand(B, O).abs()
         for step in (ops.rule_step, module.rule_step):
             mine = [t.clone() for t in traces]
-            small = [decay.clone(), rand(B, O) * 0.0 + 1.0, rand(B, O) * 0.0 + 0.5,
-                     torch.zeros(O, dtype=dtype)]
+            small = [decay.clone(), bias_eps.clone(), bias_post.clone(), grad_b.clone()]
             step(mine[0], mine[1] if post else None, small[0], inputs, coef if post else None,
-                 weight, grad_w.clone(), fresh, coef.abs(), small[1], small[2] if post else None,
-                 weight, small[3], 0.95, 1.0)
-            runs.append(small)
-        pairs += [(what.replace("trace step", "rule step"), a, b) for a, b in zip(*runs)]
+                 weight, grad_w.clone(), fresh, psi, small[1], small[2] if post else None,
+                 coef, small[3], 0.95, 0.8)
+            runs.append((mine, small))
+        (plain, plain_small), (fused, fused_small) = runs
+        what = what.replace("trace step", "rule step")
+        pairs += [(what, a, b) for a, b in zip(plain + plain_small[:3], fused + fused_small[:3])]
+        size = grad_b.abs() + (coef * plain_small[2 if post else 1]).abs().sum(0)
+        pairs.append((what + "'s bias gradient", plain_small[3], fused_small[3], size))
     return pairs
 
 
@@ -1034,9 +1090,9 @@ def trace_step(eligibility: torch.Tensor, post: torch.Tensor | None, decay: torc
 def rule_step(eligibility, post, decay, inputs, coef, weight, grad_w, fresh: bool, psi,
               bias_eligibility, bias_post, bias_weight, grad_b, beta: float,
               threshold: float) -> bool:
-    """`ops.rule_step`: its trace pass fused (`trace_step`), the rest its torch ops called from
-    C++; False where the kernels are not used (nothing written: the kernel checks the
-    tensors)."""
+    """`ops.rule_step` fused: the trace pass (`trace_step`) with the bias's traces, gradient
+    and next decay in the same pass over the output units; False where the kernels are not
+    used (nothing written: the kernel checks the tensors)."""
     return _loaded(eligibility) and _module.rule_step(
         eligibility, post, decay, inputs, coef, weight, grad_w, fresh, psi, bias_eligibility,
         bias_post, bias_weight, grad_b, beta, threshold)

@@ -4,9 +4,9 @@ The membranes of the online rules' pass must equal those of BPTT's eager forward
 (a rounding across θ flips a spike), and the scans feed every rule's gradient: each kernel is
 held here to the eager ops written out step by step, and whole passes, offline and online, to
 the same passes with the kernels turned off. One sum is in another order: the online step of
-OSTL's and OTPE's traces (`ops.trace_step`) sums its gradient over the batch in order, where
-the eager op is a batched matrix product; that gradient is held to round-off, and the traces,
-membranes and losses around it to the bit. Where no kernel can be built (no compiler), these
+OSTL's and OTPE's traces (`ops.rule_step`) sums its gradients over the batch in order, where
+the eager ops are a batched matrix product and a sum; those gradients are held to round-off,
+and the traces, membranes and losses around them to the bit. Where no kernel can be built (no compiler), these
 comparisons are skipped and the fallback is what runs.
 """
 from __future__ import annotations
