@@ -78,6 +78,7 @@ def online_pass(
         spike_counts = [x.new_zeros(B, layer.n_out) for layer in layers]
         o = x.new_zeros(B, model.sizes[-1])
         loss = StepCrossEntropy(y, model.sizes[-1], x.dtype)
+        below = [None] + [layer.weight for layer in layers[1:]]  # what each sends down through
         for t in range(0, T, block):
             a = x[t:t + block]
             for i, (layer, rule) in enumerate(zip(layers, rules)):
@@ -88,8 +89,7 @@ def online_pass(
             e = loss.error(leaky_sum(o, a, model.beta) if readout == "trace" else a)
             final = t + block >= T
             for i in range(len(layers) - 1, -1, -1):
-                e = rules[i].accumulate(e, grad_w[i], grad_b[i], final,
-                                        layers[i].weight if i else None)
+                e = rules[i].accumulate(e, grad_w[i], grad_b[i], final, below[i])
             if on_step is not None:
                 on_step(grads)
                 torch._foreach_zero_(grads)

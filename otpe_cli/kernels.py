@@ -524,7 +524,7 @@ bool rule_step(torch::Tensor eps, c10::optional<torch::Tensor> post, torch::Tens
     if (!t.sizes().equals(decay.sizes())) return false;
   if (grad_b.dim() != 1 || grad_b.size(0) != decay.size(-1)) return false;
   small.push_back(grad_b);
-  if (!usable(small, false) || psi.scalar_type() != eps.scalar_type()) return false;
+  if (!usable(small, false)) return false;  // (trace_pass checks decay against eps)
   BiasStep bias{psi, bias_eps, bias_weight, grad_b, bias_post, beta, theta};
   return trace_pass(eps, post, decay, inputs, coef, weight, grad_w, fresh, &bias);
 }
@@ -694,9 +694,9 @@ torch::Tensor step_error(torch::Tensor z, torch::Tensor neg_target, torch::Tenso
 #: -ffp-contract=off: no multiply-add the plain ops do not make; -fno-trapping-math lets the
 #: comparison vectorise (it changes no result); -fopenmp: at::parallel_for uses torch's threads
 _FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
-_FUNCTIONS = ["lif_block", "lif_layer", "outer_accumulate", "step_error", "leaky_sum", "reverse_scan",
-              "suffix_products", "membrane_adjoint", "rate_spikes", "trace_step", "rule_step", "adamax_step",
-              "usable"]
+_FUNCTIONS = ["lif_block", "lif_layer", "outer_accumulate", "step_error", "leaky_sum",
+              "reverse_scan", "suffix_products", "membrane_adjoint", "rate_spikes", "trace_step",
+              "rule_step", "adamax_step", "usable"]
 #: seconds to wait for another process's build before running the plain ops
 DEFAULT_WAIT_S = 300.0
 
