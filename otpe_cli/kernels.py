@@ -96,16 +96,38 @@ bool usable(const std::vector<torch::Tensor>& tensors, bool leaves) {
   return true;
 }
 
+// the caller's flush-to-zero and denormals-are-zero modes, for the threads of a parallel_for
+// (torch.set_flush_denormal sets them in the calling thread only)
+struct FloatModes {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned int caller = _mm_getcsr();
+  template <typename F> void run(F body) const {
+    unsigned int mine = _mm_getcsr();
+    _mm_setcsr(caller);
+    body();
+    _mm_setcsr(mine);
+  }
+#else
+  template <typename F> void run(F body) const { body(); }
+#endif
+};
+
+// the units of a (K, P) block's column range given one thread of a parallel_for: some 32768
+// element-steps, so a single step (K = 1) of a layer runs in the calling thread
+static inline int64_t unit_grain(int64_t K) {
+  return std::max<int64_t>(64, 32768 / std::max<int64_t>(1, K));
+}
+
 // K steps of P membranes: current (K, P) becomes v, u (P) the last u; spikes and psi (K, P).
 template <typename T>
 static inline __attribute__((always_inline)) void lif_steps(
     T* __restrict current, T* __restrict u, T* __restrict spikes, T* __restrict psi,
-    int64_t K, int64_t P, T beta, T theta, T slope) {
-  for (int64_t k = 0; k < K; ++k) {
+    int64_t K, int64_t P, int64_t begin, int64_t end, T beta, T theta, T slope) {
+  for (int64_t k = 0; k < K; ++k) {  // the units [begin, end) of each of the K rows of P
     T* __restrict c = current + k * P;
     T* __restrict s = spikes + k * P;
     T* __restrict q = psi + k * P;
-    for (int64_t j = 0; j < P; ++j) {
+    for (int64_t j = begin; j < end; ++j) {
       T v = std::fma(beta, u[j], c[j]);           // v = I + β·u, rounded once
       T spike = static_cast<T>(v >= theta);       // H(v − θ), H(0) = 1
       c[j] = v;
@@ -176,13 +198,13 @@ static inline __attribute__((always_inline)) void suffix_steps(
 template <typename T>
 static inline __attribute__((always_inline)) void adjoint_steps(
     const T* __restrict grad_s, const T* __restrict psi, const T* __restrict after,
-    T* __restrict out, int64_t K, int64_t P, T beta, T theta) {
-  for (int64_t k = K - 1; k >= 0; --k) {
+    T* __restrict out, int64_t K, int64_t P, int64_t begin, int64_t end, T beta, T theta) {
+  for (int64_t k = K - 1; k >= 0; --k) {  // the units [begin, end) of each row
     const T* __restrict g = grad_s + k * P;
     const T* __restrict q = psi + k * P;
     const T* __restrict n = k + 1 < K ? out + (k + 1) * P : after;
     T* __restrict o = out + k * P;
-    for (int64_t j = 0; j < P; ++j) {
+    for (int64_t j = begin; j < end; ++j) {
       T grad_u = beta * n[j];
       o[j] = std::fma(q[j], std::fma(-theta, grad_u, g[j]), grad_u);
     }
@@ -193,16 +215,17 @@ static inline __attribute__((always_inline)) void adjoint_steps(
   template <typename T> FMA_TARGET static void NAME##_fma(__VA_ARGS__) BODY \
   template <typename T> static void NAME##_plain(__VA_ARGS__) BODY
 
-TWICE(lif, { lif_steps<T>(current, u, spikes, psi, K, P, beta, theta, slope); },
-      T* current, T* u, T* spikes, T* psi, int64_t K, int64_t P, T beta, T theta, T slope)
+TWICE(lif, { lif_steps<T>(current, u, spikes, psi, K, P, begin, end, beta, theta, slope); },
+      T* current, T* u, T* spikes, T* psi, int64_t K, int64_t P, int64_t begin, int64_t end,
+      T beta, T theta, T slope)
 TWICE(leaky, { leaky_steps<T>(state, inputs, out, K, P, decay); },
       T* state, const T* inputs, T* out, int64_t K, int64_t P, T decay)
 TWICE(reverse, { reverse_steps<T>(direct, decay, out, K, R, P, scalar); },
       const T* direct, const T* decay, T* out, int64_t K, int64_t R, int64_t P, T scalar)
 TWICE(suffix, { suffix_steps<T>(decays, out, K, P); }, const T* decays, T* out, int64_t K, int64_t P)
-TWICE(adjoint, { adjoint_steps<T>(grad_s, psi, after, out, K, P, beta, theta); },
-      const T* grad_s, const T* psi, const T* after, T* out, int64_t K, int64_t P, T beta,
-      T theta)
+TWICE(adjoint, { adjoint_steps<T>(grad_s, psi, after, out, K, P, begin, end, beta, theta); },
+      const T* grad_s, const T* psi, const T* after, T* out, int64_t K, int64_t P, int64_t begin,
+      int64_t end, T beta, T theta)
 
 // state (P) is left at the last step; returns every step, (K, P), or undefined (None) where
 // the kernels do not take these tensors
@@ -253,8 +276,13 @@ torch::Tensor membrane_adjoint(torch::Tensor grad_s, torch::Tensor psi, torch::T
   int64_t K = grad_s.size(0), P = after.numel();
   AT_DISPATCH_FLOATING_TYPES(grad_s.scalar_type(), "membrane_adjoint", [&] {
     auto run = has_fma() ? adjoint_fma<scalar_t> : adjoint_plain<scalar_t>;
-    run(grad_s.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(), after.data_ptr<scalar_t>(),
-        out.data_ptr<scalar_t>(), K, P, (scalar_t)beta, (scalar_t)theta);
+    FloatModes modes;
+    at::parallel_for(0, P, unit_grain(K), [&](int64_t begin, int64_t end) {
+      modes.run([&] {
+        run(grad_s.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(), after.data_ptr<scalar_t>(),
+            out.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta);
+      });
+    });
   });
   return out;
 }
@@ -443,22 +471,6 @@ struct BiasStep {
   double beta, theta;
 };
 
-// the caller's flush-to-zero and denormals-are-zero modes, for the threads of a parallel_for
-// (torch.set_flush_denormal sets them in the calling thread only)
-struct FloatModes {
-#if defined(__x86_64__) || defined(__i386__)
-  unsigned int caller = _mm_getcsr();
-  template <typename F> void run(F body) const {
-    unsigned int mine = _mm_getcsr();
-    _mm_setcsr(caller);
-    body();
-    _mm_setcsr(mine);
-  }
-#else
-  template <typename F> void run(F body) const { body(); }
-#endif
-};
-
 // (false, nothing done, where the kernels do not take these tensors)
 static bool trace_pass(torch::Tensor eps, c10::optional<torch::Tensor> post,
                        torch::Tensor decay, torch::Tensor inputs,
@@ -617,8 +629,14 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
   int64_t K = current.size(0), P = u.numel();
   AT_DISPATCH_FLOATING_TYPES(current.scalar_type(), "lif_block", [&] {
     auto run = has_fma() ? lif_fma<scalar_t> : lif_plain<scalar_t>;
-    run(current.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), spikes.data_ptr<scalar_t>(),
-        psi.data_ptr<scalar_t>(), K, P, (scalar_t)beta, (scalar_t)theta, (scalar_t)slope);
+    FloatModes modes;
+    at::parallel_for(0, P, unit_grain(K), [&](int64_t begin, int64_t end) {
+      modes.run([&] {
+        run(current.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), spikes.data_ptr<scalar_t>(),
+            psi.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta,
+            (scalar_t)slope);
+      });
+    });
   });
   return {spikes, psi};
 }

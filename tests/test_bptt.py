@@ -180,7 +180,8 @@ def test_the_membrane_adjoint_by_hand():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(25, 128, 128), (25, 128, 10), (3, 1, 7), (1, 5, 3)])
+@pytest.mark.parametrize("shape", [(25, 128, 128), (25, 128, 10), (1, 200, 200), (3, 1, 7),
+                                   (1, 5, 3)])  # (the first and third split across threads)
 def test_the_fused_reverse_loop_equals_its_plain_op_bit_for_bit(fused, monkeypatch, shape,
                                                                  dtype):
     gen = torch.Generator().manual_seed(6)

@@ -55,7 +55,8 @@ def eager_membrane(current, u, beta, theta, slope):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(25, 128, 128), (25, 128, 10), (3, 1, 7), (1, 5, 3)])
+@pytest.mark.parametrize("shape", [(25, 128, 128), (25, 128, 10), (1, 200, 200), (3, 1, 7),
+                                   (1, 5, 3)])  # (the first and third split across threads)
 def test_membrane_kernel_equals_the_eager_steps_bit_for_bit(fused, shape, dtype):
     g = torch.Generator().manual_seed(1)
     current = (torch.randn(shape, generator=g) * 0.8 + 0.4).to(dtype)
@@ -70,6 +71,27 @@ def test_membrane_kernel_equals_the_eager_steps_bit_for_bit(fused, shape, dtype)
         assert torch.equal(u, torch.zeros_like(u))  # the caller's u is left as it was
         if theta == 1.0:
             assert bool((v[0, 0] == 1.0).all() and (s[0, 0] == 1.0).all())
+
+
+def test_the_membrane_kernels_threads_flush_subnormals_as_the_caller_does(fused):
+    """The block is split across torch's threads; each runs in the caller's float modes
+    (torch.set_flush_denormal sets them in the calling thread only)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: nothing is split")
+    current = torch.full((1, 200, 200), 1e-39)  # a float32 subnormal: v = I from u = 0
+    grad_s = torch.full((2, 200, 200), 1e-39)
+    psi, after = torch.ones(2, 200, 200), torch.zeros(200, 200)
+    try:
+        for flush in (False, True):
+            if not torch.set_flush_denormal(flush):
+                pytest.skip("this CPU cannot flush subnormal floats")
+            v = current.clone()
+            kernels.lif_block(v, torch.zeros(200, 200), 0.95, 1.0, 25.0)
+            lam = kernels.membrane_adjoint(grad_s, psi, 0.95, 1.0, after)
+            for got in (v, lam):  # every unit, in both threads' halves, as the caller rounds
+                assert bool((got == (0.0 if flush else 1e-39 * torch.ones(1))).all()), flush
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
