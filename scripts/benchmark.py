@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels
 from otpe_cli.algorithms import _flushing_denormals, autograd_bptt_pass
@@ -193,7 +194,8 @@ def product_work(model, batch, steps, device, traces):
 def plain_bptt(model, x, y):
     """A plain per-step autograd BPTT of the same equations (SPEC §1), what BPTT's own
     backward is measured against: a loop over t of every layer's LIF step, its input current
-    a matrix product of its own, all recorded by autograd, then ``torch.autograd.grad``."""
+    a matrix product of its own, all recorded by autograd, the loss torch's cross-entropy over
+    the T·B rows, then ``torch.autograd.grad``."""
     params = list(model.parameters())
     T, B, _ = x.shape
     with torch.enable_grad():
@@ -206,7 +208,7 @@ def plain_bptt(model, x, y):
                 _, a, us[i] = membrane_step(us[i], current, model.beta, model.threshold,
                                             model.slope)
             logits.append(a)
-        loss = model.sequence_loss(torch.stack(logits), y)
+        loss = F.cross_entropy(torch.stack(logits).flatten(0, 1), y.repeat(T))
         return torch.autograd.grad(loss, params)
 
 

@@ -88,8 +88,13 @@ def test_sequence_loss_is_mean_of_step_losses():
     m = SNN([4, 3]).double()
     logits = torch.randn(5, 6, 3, dtype=torch.float64)
     y = torch.randint(0, 3, (6,))
+    logits.requires_grad_(True)
     per_step = [torch.nn.functional.cross_entropy(logits[t], y) for t in range(5)]
-    assert m.sequence_loss(logits, y).item() == pytest.approx(sum(per_step).item() / 5)
+    want = sum(per_step) / 5
+    got = m.sequence_loss(logits, y)
+    assert got.item() == pytest.approx(want.item(), rel=1e-14)
+    (grad_got,), (grad_want,) = (torch.autograd.grad(j, logits) for j in (got, want))
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-13, atol=1e-15)
 
 
 def test_trace_readout_is_leaky_sum_of_output_spikes():
