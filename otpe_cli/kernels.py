@@ -96,24 +96,26 @@ bool usable(const std::vector<torch::Tensor>& tensors, bool leaves) {
   return true;
 }
 
-// the caller's flush-to-zero and denormals-are-zero modes, for the threads of a parallel_for
-// (torch.set_flush_denormal sets them in the calling thread only)
-struct FloatModes {
+// at::parallel_for over [0, n) in chunks of at least grain, body(begin, end) in every thread
+// with the caller's flush-to-zero and denormals-are-zero modes (torch.set_flush_denormal sets
+// them in the calling thread only)
+template <typename F>
+static void parallel_for_in_caller_modes(int64_t n, int64_t grain, const F& body) {
 #if defined(__x86_64__) || defined(__i386__)
-  unsigned int caller = _mm_getcsr();
-  template <typename F> void run(F body) const {
-    unsigned int mine = _mm_getcsr();
+  const unsigned int caller = _mm_getcsr();
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    const unsigned int mine = _mm_getcsr();
     _mm_setcsr(caller);
-    body();
+    body(begin, end);
     _mm_setcsr(mine);
-  }
+  });
 #else
-  template <typename F> void run(F body) const { body(); }
+  at::parallel_for(0, n, grain, body);
 #endif
-};
+}
 
-// the units of a (K, P) block's column range given one thread of a parallel_for: some 32768
-// element-steps, so a single step (K = 1) of a layer runs in the calling thread
+// the fewest units (columns of a (K, P) block) a thread takes: some 32768 element-steps, so a
+// single step (K = 1) of a layer runs in the calling thread
 static inline int64_t unit_grain(int64_t K) {
   return std::max<int64_t>(64, 32768 / std::max<int64_t>(1, K));
 }
@@ -276,12 +278,9 @@ torch::Tensor membrane_adjoint(torch::Tensor grad_s, torch::Tensor psi, torch::T
   int64_t K = grad_s.size(0), P = after.numel();
   AT_DISPATCH_FLOATING_TYPES(grad_s.scalar_type(), "membrane_adjoint", [&] {
     auto run = has_fma() ? adjoint_fma<scalar_t> : adjoint_plain<scalar_t>;
-    FloatModes modes;
-    at::parallel_for(0, P, unit_grain(K), [&](int64_t begin, int64_t end) {
-      modes.run([&] {
-        run(grad_s.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(), after.data_ptr<scalar_t>(),
-            out.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta);
-      });
+    parallel_for_in_caller_modes(P, unit_grain(K), [&](int64_t begin, int64_t end) {
+      run(grad_s.data_ptr<scalar_t>(), psi.data_ptr<scalar_t>(), after.data_ptr<scalar_t>(),
+          out.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta);
     });
   });
   return out;
@@ -488,7 +487,6 @@ static bool trace_pass(torch::Tensor eps, c10::optional<torch::Tensor> post,
     all.push_back(*coef);
   }
   if (!usable(all, false)) return false;
-  FloatModes modes;
   AT_DISPATCH_FLOATING_TYPES(eps.scalar_type(), "trace_step", [&] {
     using T = scalar_t;
     auto run = has_fma() ? trace_fma<T> : trace_plain<T>;
@@ -501,17 +499,15 @@ static bool trace_pass(torch::Tensor eps, c10::optional<torch::Tensor> post,
     const T* w = weight.data_ptr<T>();
     T* g = grad_w.data_ptr<T>();
     int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, B * I));
-    at::parallel_for(0, O, grain, [&](int64_t begin, int64_t end) {
-      modes.run([&] {
-        std::vector<T> acc((end - begin) * I);
-        run(e, r, d, a, c, w, g, acc.data(), begin, end, B, O, I, fresh);
-        if (bias)  // (after the rows: they read this step's δ, which it overwrites)
-          run_bias(bias->bias_eps.data_ptr<T>(),
-                   bias->bias_post.has_value() ? bias->bias_post->data_ptr<T>() : nullptr, d,
-                   bias->psi.data_ptr<T>(), bias->bias_weight.data_ptr<T>(),
-                   bias->grad_b.data_ptr<T>(), acc.data(), begin, end, B, O, (T)bias->beta,
-                   (T)(-bias->beta * bias->theta));
-      });
+    parallel_for_in_caller_modes(O, grain, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc((end - begin) * I);
+      run(e, r, d, a, c, w, g, acc.data(), begin, end, B, O, I, fresh);
+      if (bias)  // (after the rows: they read this step's δ, which it overwrites)
+        run_bias(bias->bias_eps.data_ptr<T>(),
+                 bias->bias_post.has_value() ? bias->bias_post->data_ptr<T>() : nullptr, d,
+                 bias->psi.data_ptr<T>(), bias->bias_weight.data_ptr<T>(),
+                 bias->grad_b.data_ptr<T>(), acc.data(), begin, end, B, O, (T)bias->beta,
+                 (T)(-bias->beta * bias->theta));
     });
   });
   return true;
@@ -629,13 +625,10 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
   int64_t K = current.size(0), P = u.numel();
   AT_DISPATCH_FLOATING_TYPES(current.scalar_type(), "lif_block", [&] {
     auto run = has_fma() ? lif_fma<scalar_t> : lif_plain<scalar_t>;
-    FloatModes modes;
-    at::parallel_for(0, P, unit_grain(K), [&](int64_t begin, int64_t end) {
-      modes.run([&] {
-        run(current.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), spikes.data_ptr<scalar_t>(),
-            psi.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta,
-            (scalar_t)slope);
-      });
+    parallel_for_in_caller_modes(P, unit_grain(K), [&](int64_t begin, int64_t end) {
+      run(current.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), spikes.data_ptr<scalar_t>(),
+          psi.data_ptr<scalar_t>(), K, P, begin, end, (scalar_t)beta, (scalar_t)theta,
+          (scalar_t)slope);
     });
   });
   return {spikes, psi};

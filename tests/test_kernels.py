@@ -88,8 +88,9 @@ def test_the_membrane_kernels_threads_flush_subnormals_as_the_caller_does(fused)
             v = current.clone()
             kernels.lif_block(v, torch.zeros(200, 200), 0.95, 1.0, 25.0)
             lam = kernels.membrane_adjoint(grad_s, psi, 0.95, 1.0, after)
+            want = 0.0 if flush else float(torch.tensor(1e-39))  # (the float32 subnormal)
             for got in (v, lam):  # every unit, in both threads' halves, as the caller rounds
-                assert bool((got == (0.0 if flush else 1e-39 * torch.ones(1))).all()), flush
+                assert bool((got == want).all()), flush
     finally:
         torch.set_flush_denormal(False)
 
