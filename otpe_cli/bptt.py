@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import compute
+from . import compute, products
 from .snn import SNN, block_steps
 
 
@@ -106,10 +106,10 @@ class _SequenceBPTT(torch.autograd.Function):
                 lam = compute.membrane_adjoint(g, psi, beta, theta, after[i])
                 after[i] = lam[0]
                 rows = lam.flatten(0, 1)
-                grad_w[i].addmm_(rows.t(), a.flatten(0, 1))
+                products.add_weight_gradient_(grad_w[i], rows, a.flatten(0, 1))
                 grad_b[i].add_(rows.sum(0))
                 if i or want_x:
-                    g = (rows @ weights[i]).view(*a.shape)
+                    g = products.errors_down(rows, weights[i]).view(*a.shape)
             if want_x:
                 grad_x[t:t + len(g)] = g
         grads = [g for pair in zip(grad_w, grad_b) for g in pair]

@@ -1,29 +1,35 @@
 """The block operations of the passes, each run by its fused CPU kernel where one is usable
 (`kernels`: CPU tensors without a graph, the kernels built and checked), else by its plain
 torch op (`ops`, the definition). Both give the same bits, but for the gradients of
-`rule_step`, sums over the batch in another order (equal to round-off)."""
+`rule_step`, sums over the batch in another order (equal to round-off). The large matrix products go through `products`."""
 from __future__ import annotations
 
 import torch
 
-from . import kernels, ops
+from . import kernels, ops, products
 
 
 def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold: float,
               slope: float, with_surrogate: bool):
-    """`ops.lif_layer` (on CPU, ψ is made whatever ``with_surrogate``: it costs nothing)."""
-    fused = kernels.lif_layer(a, weight, bias, u, counts, in_place, beta, threshold, slope)
+    """`ops.lif_layer` (on CPU, ψ is made whatever ``with_surrogate``: it costs nothing), a
+    block's currents by oneDNN where `products` takes them (torch.addmm's bits)."""
+    current = products.block_currents(a, weight, bias)
+    fused = kernels.lif_layer(a, weight, bias, u, counts, in_place, beta, threshold, slope,
+                              current)
     if fused is not None:
         return fused
     return ops.lif_layer(a, weight, bias, u, counts, in_place, beta, threshold, slope,
-                         with_surrogate)
+                         with_surrogate, current)
 
 
 def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None, weight=None) -> torch.Tensor:
-    """`ops.outer_accumulate`."""
-    fused = kernels.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight)
-    return fused if fused is not None else ops.outer_accumulate(e, post, pre, grad_w, grad_b,
-                                                                bias_pre, weight)
+    """`ops.outer_accumulate`: one call to the kernels, unless its products go to oneDNN
+    (`products`; then they are the larger part, and the plain ops make them)."""
+    if not products.takes(e, e.shape[0] * e.shape[1]):
+        fused = kernels.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight)
+        if fused is not None:
+            return fused
+    return ops.outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre, weight)
 
 
 def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:

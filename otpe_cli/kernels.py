@@ -635,23 +635,27 @@ std::vector<torch::Tensor> lif_block(torch::Tensor current, torch::Tensor u, dou
 }
 
 // A layer's K steps without autograd (compute.lif_layer): the input currents of the K steps
-// as one matrix product (at::addmm, torch.addmm's bits), v written over them by lif_block;
-// the last u into u itself if in_place, else into a copy; counts (B, N), if given, gets the
-// spikes added. Returns {v, spikes, the last u, psi}, or nothing where the kernels do not
+// as one matrix product (at::addmm, torch.addmm's bits), or ``given`` (K·B, N), made with
+// those bits (products.block_currents); v written over them by lif_block; the last u into u
+// itself if in_place, else into a copy; counts (B, N), if given, gets the spikes added. Returns {v, spikes, the last u, psi}, or nothing where the kernels do not
 // take these tensors (then the plain ops run).
 std::vector<torch::Tensor> lif_layer(torch::Tensor a, torch::Tensor weight, torch::Tensor bias,
                                      torch::Tensor u, c10::optional<torch::Tensor> counts,
-                                     bool in_place, double beta, double theta, double slope) {
+                                     bool in_place, double beta, double theta, double slope,
+                                     c10::optional<torch::Tensor> given) {
   std::vector<torch::Tensor> state{a, u};
   if (counts.has_value()) state.push_back(*counts);
+  if (given.has_value()) state.push_back(*given);
   if (at::GradMode::is_enabled() || a.dim() != 3 || weight.dim() != 2 || u.dim() != 2
       || bias.dim() != 1 || u.size(0) != a.size(1) || u.size(1) != weight.size(0)
       || weight.size(1) != a.size(2) || bias.size(0) != weight.size(0)
-      || (counts.has_value() && counts->sizes() != u.sizes()) || !usable(state, false)
-      || !usable({a, weight, bias}, true))
+      || (counts.has_value() && counts->sizes() != u.sizes())
+      || (given.has_value() && !given->sizes().equals({a.size(0) * a.size(1), weight.size(0)}))
+      || !usable(state, false) || !usable({a, weight, bias}, true))
     return {};
   int64_t K = a.size(0), B = a.size(1);
-  auto current = at::addmm(bias, a.flatten(0, 1), weight.t()).view({K, B, weight.size(0)});
+  auto current = (given.has_value() ? *given : at::addmm(bias, a.flatten(0, 1), weight.t()))
+                     .view({K, B, weight.size(0)});
   auto last = in_place ? u : u.clone();
   auto out = lif_block(current, last, beta, theta, slope);
   if (counts.has_value()) counts->add_(K == 1 ? out[0][0] : out[0].sum(0));
@@ -798,11 +802,15 @@ def _layer_pairs(module, rand, shape) -> list:
     K, B, N = shape
     a, weight, bias = (rand(K, B, 6) > 0.5).to(rand(1).dtype), rand(N, 6), rand(N)
     pairs = []
-    for in_place in (False, True):
+    made = torch.addmm(bias, a.flatten(0, 1), weight.t())  # (the currents, given)
+    for in_place, current in ((False, None), (True, None), (True, made)):
         runs = []
-        for run in (ops.lif_layer, module.lif_layer):
+        for fused in (False, True):
             u, counts = rand(B, N) * 0.0 + 0.5, torch.zeros(B, N, dtype=a.dtype)
-            out = run(a, weight, bias, u, counts, in_place, 0.95, 1.0, 25.0)
+            args = (a, weight, bias, u, counts, in_place, 0.95, 1.0, 25.0)
+            given = None if current is None else current.clone()  # (v is written over it)
+            out = (module.lif_layer(*args, given) if fused else
+                   ops.lif_layer(*args, current=given))
             runs.append((*out, u, counts))
         pairs += [(f"layer block ({name})", x, y) for name, x, y in
                   zip(("v", "spikes", "u", "ψ", "u given", "spike counts"), *runs)]
@@ -1058,13 +1066,13 @@ def lif_block(current: torch.Tensor, u: torch.Tensor, beta: float, theta: float,
 
 
 def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, theta: float,
-              slope: float):
-    """`ops.lif_layer` in one call (its matrix product as ATen's, the membranes as
-    `lif_block`; the tensors checked in C++, as it runs at every step), or None: run the
-    plain ops."""
+              slope: float, current=None):
+    """`ops.lif_layer` in one call (its matrix product as ATen's, unless ``current`` is given,
+    the membranes as `lif_block`; the tensors checked in C++, as it runs at every step), or
+    None: run the plain ops."""
     if not _loaded(a):
         return None
-    out = _module.lif_layer(a, weight, bias, u, counts, in_place, beta, theta, slope)
+    out = _module.lif_layer(a, weight, bias, u, counts, in_place, beta, theta, slope, current)
     return tuple(out) if out else None
 
 

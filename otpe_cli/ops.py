@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .products import add_weight_gradient_, errors_down
+
 
 def surrogate(v: torch.Tensor, threshold: float, slope: float) -> torch.Tensor:
     """Fast-sigmoid surrogate of dH/dv: ψ(v) = 1 / (k·|v − θ| + 1)²."""
@@ -67,13 +69,16 @@ def membrane_steps_(current, u, beta: float, threshold: float, slope: float):
 
 
 def lif_layer(a, weight, bias, u, counts, in_place: bool, beta: float, threshold: float,
-              slope: float, with_surrogate: bool = True):
+              slope: float, with_surrogate: bool = True, current=None):
     """A layer's K steps without autograd on its inputs a (K, B, N_in): the input currents of
-    the K steps in one matrix product, then `membrane_step` at each step, v written over the
-    currents. Returns (v, s, the last u, ψ or None), each (K, B, N_out) but u (B, N_out). The
-    last u is written into u itself if ``in_place``, else u is left as it was; ``counts``
-    (B, N_out), if given, gets the spikes added."""
-    v = torch.addmm(bias, a.flatten(0, 1), weight.t()).view(*a.shape[:2], -1)
+    the K steps in one matrix product (or ``current`` (K·B, N_out), made with its bits), then
+    `membrane_step` at each step, v written over the currents. Returns (v, s, the last u, ψ
+    or None), each (K, B, N_out) but u (B, N_out). The last u is written into u itself if
+    ``in_place``, else u is left as it was; ``counts`` (B, N_out), if given, gets the spikes
+    added."""
+    if current is None:
+        current = torch.addmm(bias, a.flatten(0, 1), weight.t())
+    v = current.view(*a.shape[:2], -1)
     s, last = membrane_steps_(v, u, beta, threshold, slope)
     if in_place:
         last = u.copy_(last)
@@ -89,12 +94,12 @@ def outer_accumulate(e, post, pre, grad_w, grad_b, bias_pre=None, weight=None) -
     Σ_k bias_pre_k Σ_b d_k[b] given the bias input's traces ``bias_pre`` (K). Returns the
     errors sent down, d W given the layer's ``weight``, else d."""
     d = e * post
-    grad_w.addmm_(d.flatten(0, 1).t(), pre.flatten(0, 1))
+    add_weight_gradient_(grad_w, d.flatten(0, 1), pre.flatten(0, 1))
     if bias_pre is not None:
         grad_b.addmv_(d.sum(1).t(), bias_pre)
     else:
         grad_b.add_(d.sum((0, 1)))
-    return d if weight is None else d @ weight
+    return d if weight is None else errors_down(d, weight)
 
 
 def step_error(z, neg_target, logp_sum, inv_batch: float) -> torch.Tensor:

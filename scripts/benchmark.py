@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels
+from otpe_cli import ALGORITHMS, SNN, build_algorithm, kernels, products
 from otpe_cli.algorithms import _flushing_denormals, autograd_bptt_pass
 from otpe_cli.compute import rule_step
 from otpe_cli.snn import block_steps
@@ -153,6 +153,14 @@ def rule_work(model, rule_name, batch, steps, device, traces):
     return time.perf_counter() - tic
 
 
+def block_currents(layer, a):
+    """A block's input currents (a: (K, B, N_in)) by the product the passes use
+    (`otpe_cli.products`: oneDNN's where it gives torch.addmm's bits, else torch.addmm)."""
+    made = products.block_currents(a, layer.weight, layer.bias)
+    return made if made is not None else torch.addmm(layer.bias, a.flatten(0, 1),
+                                                     layer.weight.t())
+
+
 def block_operands(model, batch, steps, device):
     """Random operands for timing bare products in the passes' blocks: the block length, one
     block of every layer's activations (the inputs' first) and a weight-gradient buffer per
@@ -177,16 +185,16 @@ def product_work(model, batch, steps, device, traces):
         for t in range(0, steps, block):
             k, first, last = min(block, steps - t), t == 0, t + block >= steps
             for layer, a in zip(layers, acts):
-                torch.addmm(layer.bias, a[:k].flatten(0, 1), layer.weight.t())
+                block_currents(layer, a[:k])
             for i in range(len(layers) - 1, -1, -1):
                 lam, a = acts[i + 1][:k], acts[i][:k]
                 if not first:
                     contract_batch(lam[0], traces[i], grads[i])
-                grads[i].addmm_(lam.flatten(0, 1).t(), a.flatten(0, 1))
+                products.add_weight_gradient_(grads[i], lam.flatten(0, 1), a.flatten(0, 1))
                 if not last:
                     advance_trace(traces[i], None, lam, a, from_zero=first)
                 if i:
-                    lam.flatten(0, 1) @ layers[i].weight
+                    products.errors_down(lam, layers[i].weight)
         sync(device)
     return time.perf_counter() - tic
 
@@ -224,14 +232,14 @@ def bptt_product_work(model, batch, steps, device):
         for t in range(0, steps, block):
             k = min(block, steps - t)
             for layer, a in zip(layers, acts):
-                torch.addmm(layer.bias, a[:k].flatten(0, 1), layer.weight.t())
+                block_currents(layer, a[:k])
         for t in range(0, steps, block):
             k = min(block, steps - t)
             for i in range(len(layers) - 1, -1, -1):
                 lam = acts[i + 1][:k].flatten(0, 1)
-                grads[i].addmm_(lam.t(), acts[i][:k].flatten(0, 1))
+                products.add_weight_gradient_(grads[i], lam, acts[i][:k].flatten(0, 1))
                 if i:
-                    lam @ layers[i].weight
+                    products.errors_down(lam, layers[i].weight)
         sync(device)
     return time.perf_counter() - tic
 
@@ -329,11 +337,11 @@ def online_product_work(model, x):
         grads = [torch.zeros_like(layer.weight) for layer in model.layers]
         for _ in range(len(x)):
             for layer, a in zip(model.layers, acts):
-                torch.addmm(layer.bias, a, layer.weight.t())
+                block_currents(layer, a.unsqueeze(0))
             for i in range(len(model.layers) - 1, -1, -1):
-                grads[i].addmm_(acts[i + 1].t(), acts[i])
+                products.add_weight_gradient_(grads[i], acts[i + 1], acts[i])
                 if i:
-                    acts[i + 1] @ model.layers[i].weight
+                    products.errors_down(acts[i + 1], model.layers[i].weight)
 
 
 def api_and_online_timing(args, device, x, y):
@@ -488,8 +496,9 @@ def main(argv=None):
     print(f"network {args.inputs}-{'-'.join([str(args.width)] * (args.depth - 1))}-10, "
           f"batch {args.batch}, T {args.steps}, {device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (medians)")
-    grad_t, iter_t, floor, floor2, rule_t, products, draw_t, bptt_t = timing(args, device)
+    grad_t, iter_t, floor, floor2, rule_t, ostl_products, draw_t, bptt_t = timing(args, device)
     print(f"fused CPU kernels (otpe_cli.kernels): {kernels.status()}")
+    print(f"the blocks' matrix products (otpe_cli.products): {products.status()}")
     base_g, base_i = grad_t.get("bptt"), iter_t.get("bptt")
     print(f"\n{'algorithm':<15}{'gradient s':>12}{'× BPTT':>9}{'iteration s':>13}{'× BPTT':>9}")
     for name in grad_t:
@@ -510,7 +519,7 @@ def main(argv=None):
               f"{(grad_t['ostl'] - rule_t['ostl']) / floor:.2f}")
         print(f"only the matrix products of an OSTL pass (currents, sweep, gradient, the "
               f"trace's product and contraction; bare, same shapes and blocks) / floor: "
-              f"{products / floor:.2f}")
+              f"{ostl_products / floor:.2f}")
     if "otpe" in rule_t and "ostl" in rule_t:
         print(f"the OTPE rule alone / the OSTL rule alone: "
               f"{rule_t['otpe'] / rule_t['ostl']:.2f}")
@@ -595,7 +604,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"gradient_s": grad_t, "iteration_s": iter_t, "floor_s": floor,
                        "floor_otpe_s": floor2, "rule_only_s": rule_t,
-                       "ostl_products_s": products, "draw_s": draw_t,
+                       "ostl_products_s": ostl_products, "draw_s": draw_t,
                        "memory_mib": memory, "memory_steps": args.memory_steps,
                        "memory_time_s": memory_time, "bptt_s": bptt_t,
                        "api_online_s": {f"{k[0]}:{k[1]}": v for k, v in api.items()},

@@ -26,6 +26,7 @@ import torch
 
 from ..compute import leaky_sum, outer_accumulate
 from ..ops import leaky_scalars
+from ..products import errors_down
 
 
 class TracePool:
@@ -100,7 +101,7 @@ class LayerRule:
 
 def send_down(modulated: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """The errors a layer sends down, (e ⊙ m) W, or e ⊙ m without a weight."""
-    return modulated if weight is None else modulated @ weight
+    return modulated if weight is None else errors_down(modulated, weight)
 
 
 class GBar:

@@ -26,6 +26,7 @@ import torch
 
 from ..compute import reverse_scan, rule_step, suffix_products
 from ..ops import advance_trace, contract_batch, eligibility_decay
+from ..products import add_weight_gradient_
 from .base import LayerRule, send_down
 
 
@@ -83,7 +84,7 @@ class OSTL(LayerRule):
         first = decays[0] * lam[0]
         if self.eligibility is not None:
             contract_batch(first, self.eligibility, grad_w)
-        grad_w.addmm_(lam.flatten(0, 1).t(), self.inputs.flatten(0, 1))
+        add_weight_gradient_(grad_w, lam.flatten(0, 1), self.inputs.flatten(0, 1))
         grad_b.add_((first * self.bias_eligibility).sum(0)).add_(lam.sum((0, 1)))
         if final:
             return
