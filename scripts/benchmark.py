@@ -417,8 +417,9 @@ def peak_memory_point(args, alg: str, steps: int, device: str) -> tuple[float, f
     name, _, option = alg.partition(":")
     code = f"""
 import resource, statistics, sys, time, torch, json
-from otpe_cli import SNN, build_algorithm, kernels
+from otpe_cli import SNN, build_algorithm, kernels, products
 kernels._ready(torch.zeros(1))  # (built and loaded once per process: not the gradient's memory)
+products.status()  # (oneDNN's start-up, once per process, ~6 MiB where it is used: likewise)
 if {args.threads}:
     torch.set_num_threads({args.threads})
 dev = torch.device({device!r})
